@@ -1,0 +1,355 @@
+//! Every message that crosses a connection.
+//!
+//! There are three conversations, each on its own QUIC bi-directional stream:
+//!
+//! 1. **Scheduler requests.** Any peer opens a stream to the scheduler and
+//!    sends one [`SchedulerRequest`]. The variant decides what follows.
+//! 2. **Node control.** A node's [`SchedulerRequest::RegisterNode`] stream
+//!    stays open for the node's lifetime: the scheduler answers once with a
+//!    [`RegisterResponse`], then the node sends [`NodeEvent`]s.
+//! 3. **Jobs.** A client opens a stream to the node it was assigned and sends
+//!    a [`JobRequest`]. The node answers with a [`JobAccept`] naming the input
+//!    blobs it lacks; the client sends each as a [`BlobHeader`] followed by a
+//!    chunk stream; the node then streams [`JobEvent`]s until the job ends.
+//!
+//! Payloads too large for one frame (blobs, outputs, toolchain bundles) travel
+//! as chunk streams (see [`crate::codec`]), zstd-compressed.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Digest, JobId, NodeId, Ticket, ToolchainId};
+
+// ---------------------------------------------------------------------------
+// Scheduler requests.
+
+/// The first message on every stream opened to the scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SchedulerRequest {
+    /// A node joins the farm. The stream stays open while the node lives.
+    RegisterNode(NodeRegistration),
+    /// A client asks where to run a job. Answered with [`AllocateResponse`].
+    Allocate(AllocateRequest),
+    /// A client uploads a toolchain bundle. A chunk stream of the
+    /// zstd-compressed bundle follows; answered with [`UploadResponse`].
+    UploadToolchain {
+        id: ToolchainId,
+        compressed_size: u64,
+    },
+    /// A node fetches a toolchain bundle. Answered with [`FetchResponse`];
+    /// when found, a chunk stream of the compressed bundle follows.
+    FetchToolchain(ToolchainId),
+    /// Anyone asks what the farm is doing. Answered with [`FarmStatus`].
+    Status,
+}
+
+/// What a node tells the scheduler about itself when it joins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    pub node: NodeId,
+    /// A human name, the host name by default.
+    pub name: String,
+    /// The UDP port the node accepts jobs on. The scheduler pairs it with the
+    /// address the registration came from unless `advertise` is set.
+    pub job_port: u16,
+    /// An explicit address for clients to reach the node at, for nodes behind
+    /// a different interface than the one they reach the scheduler through.
+    pub advertise: Option<SocketAddr>,
+    /// How many jobs the node runs at once.
+    pub slots: u32,
+    /// Toolchains the node already holds unpacked.
+    pub toolchains: Vec<ToolchainId>,
+}
+
+/// The scheduler's answer to a node registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RegisterResponse {
+    /// The node is in the farm. `ticket_key` is the key the scheduler signs
+    /// this node's job tickets with.
+    Registered { ticket_key: [u8; 32] },
+    /// The node may not join, and why.
+    Refused(RegisterRefusal),
+}
+
+/// Why a node registration was refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum RegisterRefusal {
+    #[error("a node with id {0} is already connected")]
+    DuplicateNode(NodeId),
+    #[error("a node must offer at least one slot")]
+    NoSlots,
+}
+
+/// Messages a node sends on its control stream after registering.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NodeEvent {
+    /// The node accepted the job's ticket and started working on it.
+    JobStarted { job: JobId },
+    /// The job ended, one way or another; its slot is free again.
+    JobFinished {
+        job: JobId,
+        outcome: JobOutcome,
+        wall_ms: u64,
+    },
+    /// The node now holds this toolchain unpacked.
+    ToolchainReady(ToolchainId),
+    /// A periodic load report.
+    Load(NodeLoad),
+}
+
+/// How a job ended, as the scheduler records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobOutcome {
+    /// rustc ran and exited with this code (0 for success, non-zero for a
+    /// genuine compile error).
+    Compiled { exit_code: i32 },
+    /// The farm failed to run the job; the client compiles it elsewhere.
+    Failed(JobError),
+}
+
+/// A node's load, as measured on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    pub running: u32,
+    pub slots: u32,
+}
+
+/// A client's request for a place to run one compile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocateRequest {
+    pub toolchain: ToolchainId,
+    /// The crate being compiled, for status displays and logs.
+    pub crate_name: String,
+    /// Who asks: host name and process id, for status displays and logs.
+    pub client: String,
+}
+
+/// The scheduler's answer to an [`AllocateRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AllocateResponse {
+    /// Run the job on this node, presenting this ticket.
+    Assigned(Assignment),
+    /// The scheduler does not hold the toolchain: upload it, then ask again.
+    NeedToolchain,
+    /// Compile on the client's own machine.
+    RunLocally(RunLocallyReason),
+}
+
+/// Where a job goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub job: JobId,
+    pub node: NodeId,
+    pub node_name: String,
+    pub addr: SocketAddr,
+    pub ticket: Ticket,
+}
+
+/// Why the scheduler told a client to compile locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RunLocallyReason {
+    #[error("no node is connected to the scheduler")]
+    NoNodes,
+    #[error("every node slot is busy")]
+    NoFreeSlot,
+}
+
+/// The scheduler's answer to a toolchain upload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum UploadResponse {
+    Stored,
+    Rejected(BundleError),
+}
+
+/// Why a toolchain bundle was not accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle content hashes to {actual}, not to its name {expected}")]
+    HashMismatch {
+        expected: ToolchainId,
+        actual: ToolchainId,
+    },
+    #[error("bundle is {size} bytes, over the limit of {limit}")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("bundle is not a valid zstd-compressed tar: {0}")]
+    Malformed(String),
+    #[error("storage error: {0}")]
+    Io(String),
+}
+
+/// The scheduler's answer to a toolchain fetch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FetchResponse {
+    /// A chunk stream of `compressed_size` bytes follows.
+    Found {
+        compressed_size: u64,
+    },
+    NotFound,
+}
+
+/// A snapshot of the farm, for `distcc-rs status` and tests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FarmStatus {
+    pub nodes: Vec<NodeStatus>,
+    pub jobs: Vec<JobStatus>,
+    pub toolchains: Vec<ToolchainStatus>,
+    pub totals: FarmTotals,
+}
+
+/// One node, as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: NodeId,
+    pub name: String,
+    pub addr: SocketAddr,
+    pub slots: u32,
+    /// Jobs assigned to the node and not yet finished.
+    pub running: u32,
+    pub jobs_done: u64,
+    pub jobs_failed: u64,
+    pub toolchains: Vec<ToolchainId>,
+    pub connected_ms: u64,
+}
+
+/// One job in flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub job: JobId,
+    pub node: NodeId,
+    pub crate_name: String,
+    pub client: String,
+    pub phase: JobPhase,
+    pub elapsed_ms: u64,
+}
+
+/// Where a job in flight is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobPhase {
+    /// Placed on a node; the client has not reached the node yet.
+    Assigned,
+    /// The node accepted the ticket and works on the job.
+    Running,
+}
+
+/// A toolchain the scheduler stores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolchainStatus {
+    pub id: ToolchainId,
+    pub compressed_size: u64,
+}
+
+/// Counters since the scheduler started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FarmTotals {
+    pub assigned: u64,
+    /// Jobs where rustc ran on a node and exited 0.
+    pub succeeded: u64,
+    /// Jobs where rustc ran on a node and reported a compile error.
+    pub compile_errors: u64,
+    /// Jobs the farm failed to run (the client compiled them elsewhere).
+    pub failed: u64,
+    /// Assignments the client never used, or whose node vanished.
+    pub abandoned: u64,
+    pub run_locally: u64,
+}
+
+// ---------------------------------------------------------------------------
+// Jobs: client to node.
+
+/// A compile job, the first message on a job stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRequest {
+    pub ticket: Ticket,
+    pub crate_name: String,
+    /// rustc's arguments, without the rustc path itself.
+    pub args: Vec<String>,
+    /// The environment rustc runs with.
+    pub env: Vec<(String, String)>,
+    /// rustc's working directory, absolute.
+    pub cwd: String,
+    /// Every input file, at its absolute path on the client.
+    pub files: Vec<FileEntry>,
+    /// Directories to create even when no input lies in them (the cwd, output
+    /// directories, `OUT_DIR`), absolute.
+    pub dirs: Vec<String>,
+    /// Directories whose new or changed files are the job's outputs, absolute.
+    pub output_dirs: Vec<String>,
+}
+
+/// One input file of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub digest: Digest,
+    pub size: u64,
+    pub executable: bool,
+}
+
+/// The node's first answer to a [`JobRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobAccept {
+    /// The node will run the job once it has these blobs. May be empty.
+    NeedBlobs(Vec<Digest>),
+    /// The node will not run the job.
+    Rejected(JobError),
+}
+
+/// Precedes one blob's chunk stream (zstd-compressed content) on a job stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobHeader {
+    pub digest: Digest,
+    /// Uncompressed size.
+    pub size: u64,
+}
+
+/// What a node reports while it runs a job, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobEvent {
+    /// Every blob arrived intact and rustc is starting.
+    Running,
+    /// Bytes rustc wrote to stderr: whole lines, except for a line longer
+    /// than a frame, which comes in pieces.
+    Stderr(Vec<u8>),
+    /// rustc wrote this output file; a chunk stream of its zstd-compressed
+    /// content follows.
+    Output(OutputHeader),
+    /// rustc exited with this code. Every output has been sent.
+    Exited { code: i32 },
+    /// The farm failed to run the job. Nothing the job produced is valid.
+    Failed(JobError),
+}
+
+/// Describes one output file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputHeader {
+    /// The absolute path, as rustc wrote it (the same path as on the client).
+    pub path: String,
+    /// Uncompressed size.
+    pub size: u64,
+    pub executable: bool,
+}
+
+/// Why the farm could not run a job. Each of these makes the client compile
+/// the job somewhere else; none of them is a compile error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum JobError {
+    #[error("the job ticket is not valid for this node: {0}")]
+    BadTicket(String),
+    #[error("the node has no free slot")]
+    Busy,
+    #[error("the node could not get toolchain {id}: {reason}")]
+    ToolchainUnavailable { id: ToolchainId, reason: String },
+    #[error("the job request is invalid: {0}")]
+    InvalidRequest(String),
+    #[error("blob {digest:?} arrived corrupted")]
+    BlobCorrupt { digest: Digest },
+    #[error("the sandbox failed: {0}")]
+    Sandbox(String),
+    #[error("rustc was killed by signal {signal}")]
+    Killed { signal: i32 },
+    #[error("the job exceeded its time limit of {secs} s")]
+    Timeout { secs: u64 },
+    #[error("node I/O error: {0}")]
+    Io(String),
+}
