@@ -1,1 +1,34 @@
-//! Placeholder, replaced below.
+//! The QUIC transport shared by the scheduler, nodes and clients.
+//!
+//! # Layout
+//!
+//! * [`tls`]: certificates and rustls configurations. Every connection is
+//!   TLS 1.3 with the protocol version in ALPN.
+//! * [`endpoint`]: binding tuned UDP sockets and connecting, with errors that
+//!   name a protocol version mismatch instead of a bare handshake failure.
+//! * [`framed`]: sending and receiving `distcc-rs-proto` messages on streams.
+//! * [`payload`]: chunk streams for blobs, outputs and toolchain bundles,
+//!   compressed and hashed on the fly.
+//!
+//! This crate is where the sans-IO `proto` meets quinn and tokio; the daemons
+//! and the client build on it and never touch quinn's streams directly.
+
+pub mod endpoint;
+pub mod framed;
+pub mod payload;
+pub mod tls;
+
+mod error;
+
+pub use endpoint::{EndpointOptions, bind_client, bind_server, connect};
+pub use error::NetError;
+pub use framed::{FrameReader, FrameWriter, accept_stream, open_stream};
+pub use tls::{Identity, PeerAuth};
+
+/// The TLS server name every farm peer presents and expects. Peers are
+/// addressed by IP, so the name only has to agree across the farm; the
+/// authentication issue replaces name checks with farm certificates.
+pub const SERVER_NAME: &str = "distcc-rs";
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,62 @@
+//! The transport's error type.
+
+use std::io;
+use std::net::SocketAddr;
+
+use distcc_rs_proto::{CodecError, Digest};
+
+/// Everything that can go wrong moving bytes between farm peers.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The peer speaks another protocol version: the TLS handshake found no
+    /// common ALPN id.
+    #[error(
+        "protocol version mismatch with {peer}: this program speaks distcc-rs protocol {ours} and \
+         the peer does not; run the same distcc-rs release on every farm machine"
+    )]
+    VersionMismatch { peer: SocketAddr, ours: u32 },
+    /// Nothing answered in time.
+    #[error("no answer from {peer} within {secs} s (is the address right and the daemon running?)")]
+    Timeout { peer: SocketAddr, secs: u64 },
+    #[error("cannot connect to {peer}: {source}")]
+    Connect {
+        peer: SocketAddr,
+        source: quinn::ConnectError,
+    },
+    #[error("connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stream read failed: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// The peer closed the stream where a message or chunk was due.
+    #[error("the peer closed the stream unexpectedly")]
+    UnexpectedEof,
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// A payload was larger than the receiver allows.
+    #[error("payload exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    /// A payload's content does not hash to the digest it was sent under.
+    #[error("payload content hashes to {actual:?}, expected {expected:?}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<quinn::ReadExactError> for NetError {
+    fn from(e: quinn::ReadExactError) -> Self {
+        match e {
+            quinn::ReadExactError::FinishedEarly(_) => NetError::UnexpectedEof,
+            quinn::ReadExactError::ReadError(e) => NetError::Read(e),
+        }
+    }
+}
+
+impl From<quinn::ClosedStream> for NetError {
+    fn from(_: quinn::ClosedStream) -> Self {
+        NetError::UnexpectedEof
+    }
+}
