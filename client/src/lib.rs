@@ -1,1 +1,31 @@
-//! Placeholder, replaced below.
+//! The distcc-rs client: cargo's `RUSTC_WRAPPER`.
+//!
+//! # Layout
+//!
+//! * [`argv`]: `@argfile` expansion and the decision whether a rustc
+//!   invocation can run on the farm (pure).
+//! * [`depinfo`]: parsing rustc's dep-info output (pure).
+//! * [`inputs`]: the set of files a remote compile needs (pure but for
+//!   existence checks of `-l static` archives).
+//! * [`outputs`]: which paths a node may write on this machine (pure).
+//! * [`config`]: settings from the environment.
+//! * [`remote`]: one job on the farm, from pre-pass to written outputs.
+//! * [`local`]: running rustc here, untouched or after a failed farm attempt.
+//! * [`events`]: the per-invocation event log.
+//! * [`wrapper`]: the entry point tying these together.
+//! * [`status`]: `distcc-rs status`.
+//!
+//! Architecture invariant: the client never fails a build that local rustc
+//! would pass. Every farm error ends in [`local`], and the client prints
+//! nothing of its own on stderr unless it cannot run rustc at all.
+
+pub mod argv;
+pub mod config;
+pub mod depinfo;
+pub mod events;
+pub mod inputs;
+pub mod local;
+pub mod outputs;
+pub mod remote;
+pub mod status;
+pub mod wrapper;

@@ -1,1 +1,120 @@
-fn main() {}
+//! `distcc-rs`: the `RUSTC_WRAPPER` of a distcc-rs farm, and its status tool.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use distcc_rs::config::{ClientConfig, vars};
+
+/// Compiles Rust crates on a distcc-rs farm.
+///
+/// Use it as cargo's compiler wrapper:
+///
+///     export RUSTC_WRAPPER=distcc-rs DISTCC_RS_SCHEDULER=host:7700
+///     cargo build
+///
+/// Library crates compile on the farm; binaries, proc-macros, build scripts
+/// and incremental compiles run locally, and so does anything the farm
+/// cannot do at the moment. Settings: DISTCC_RS_SCHEDULER (host:port),
+/// DISTCC_RS_CACHE_DIR (toolchain bundle cache), DISTCC_RS_EVENTS (a JSON
+/// line per compile), DISTCC_RS_LOG (log filter, e.g. `debug`) with
+/// DISTCC_RS_LOG_FILE, DISTCC_RS_DISABLE=1 (compile everything locally).
+#[derive(Debug, Parser)]
+#[command(version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Shows the scheduler, its nodes and the jobs in flight.
+    Status {
+        /// The scheduler's address [default: $DISTCC_RS_SCHEDULER].
+        #[arg(long)]
+        scheduler: Option<SocketAddr>,
+        /// Print JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    // As a wrapper, the first argument is the compiler; anything else is one
+    // of our own subcommands or flags.
+    let is_wrapper = args.get(1).is_some_and(|a| {
+        let s = a.to_string_lossy();
+        !s.starts_with('-') && !matches!(s.as_ref(), "status" | "help")
+    });
+    if is_wrapper {
+        init_logging();
+        let rustc = PathBuf::from(args.remove(1));
+        let code = distcc_rs::wrapper::run(&rustc, args.split_off(1));
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
+    match cli(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("distcc-rs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cli(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Status { scheduler, json } => {
+            let scheduler = match scheduler {
+                Some(s) => s,
+                None => ClientConfig::from_env()
+                    .scheduler
+                    .context("no scheduler given: pass --scheduler or set DISTCC_RS_SCHEDULER")?
+                    .map_err(anyhow::Error::msg)?,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let status = rt
+                .block_on(distcc_rs::status::fetch(scheduler))
+                .with_context(|| format!("cannot get the status from {scheduler}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", distcc_rs::status::render(scheduler, &status));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Logs go to a file and only when asked for: cargo reads the wrapper's
+/// stderr as rustc's, so nothing of ours may appear there.
+fn init_logging() {
+    let Ok(filter) = std::env::var(vars::LOG) else {
+        return;
+    };
+    let config = ClientConfig::from_env();
+    let path = std::env::var_os(vars::LOG_FILE)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| config.cache_dir.join("client.log"));
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
+}

@@ -1,1 +1,49 @@
-//! Placeholder, replaced below.
+//! The distcc-rs node: runs rustc jobs for the farm.
+//!
+//! # Layout
+//!
+//! * [`manifest`]: validation of job requests (pure).
+//! * [`sandbox`]: the sandbox plan and its bubblewrap command line (pure).
+//! * [`diagnostics`]: reading rustc's stderr to tell compile errors from
+//!   farm failures (pure).
+//! * [`store`]: the content-addressed store of input blobs.
+//! * [`toolchains`]: fetching, verifying and unpacking toolchain bundles.
+//! * [`job`]: one job from ticket to exit code.
+//! * [`control`]: the registration stream to the scheduler.
+//! * [`server`]: the daemon's shared state and its accept loop.
+
+pub mod control;
+pub mod diagnostics;
+pub mod job;
+pub mod manifest;
+pub mod sandbox;
+pub mod server;
+pub mod store;
+pub mod toolchains;
+
+pub use server::{Node, NodeConfig};
+
+use std::path::{Path, PathBuf};
+
+/// Errors that stop the node from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Net(#[from] distcc_rs_net::NetError),
+    #[error("no randomness available: {0}")]
+    Random(String),
+}
+
+impl NodeError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        NodeError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The client's settings, read from its environment.
+//!
+//! The client runs as `RUSTC_WRAPPER`, once per rustc invocation, so it
+//! takes its settings from environment variables that cargo passes through.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Environment variable names, in one place for the docs and the tests.
+pub mod vars {
+    /// The scheduler's address, `host:port`.
+    pub const SCHEDULER: &str = "DISTCC_RS_SCHEDULER";
+    /// Where the client keeps its toolchain bundle cache.
+    pub const CACHE_DIR: &str = "DISTCC_RS_CACHE_DIR";
+    /// A file to append one JSON line per invocation to.
+    pub const EVENTS: &str = "DISTCC_RS_EVENTS";
+    /// A tracing filter (e.g. `debug`); the client logs nothing without it.
+    pub const LOG: &str = "DISTCC_RS_LOG";
+    /// The log file (default: `client.log` in the cache directory).
+    pub const LOG_FILE: &str = "DISTCC_RS_LOG_FILE";
+    /// Set to `1` to compile everything locally.
+    pub const DISABLE: &str = "DISTCC_RS_DISABLE";
+}
+
+/// The client's settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub scheduler: Option<Result<SocketAddr, String>>,
+    pub cache_dir: PathBuf,
+    pub events: Option<PathBuf>,
+    pub disabled: bool,
+}
+
+impl ClientConfig {
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Self {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the settings through `lookup`, so tests need no real environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let scheduler = lookup(vars::SCHEDULER).filter(|s| !s.is_empty()).map(|s| {
+            s.parse::<SocketAddr>()
+                .map_err(|e| format!("{}={s:?} is not host:port: {e}", vars::SCHEDULER))
+        });
+        let cache_dir = lookup(vars::CACHE_DIR)
+            .map(PathBuf::from)
+            .or_else(|| lookup("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("distcc-rs")))
+            .or_else(|| lookup("HOME").map(|h| PathBuf::from(h).join(".cache/distcc-rs")))
+            .unwrap_or_else(|| std::env::temp_dir().join("distcc-rs"));
+        ClientConfig {
+            scheduler,
+            cache_dir,
+            events: lookup(vars::EVENTS)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            disabled: lookup(vars::DISABLE).is_some_and(|v| v == "1" || v == "true"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_come_from_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let c = ClientConfig::from_lookup(env(&[
+            ("DISTCC_RS_SCHEDULER", "127.0.0.1:7700"),
+            ("HOME", "/home/u"),
+        ]));
+        assert_eq!(c.scheduler, Some(Ok("127.0.0.1:7700".parse().unwrap())));
+        assert_eq!(c.cache_dir, PathBuf::from("/home/u/.cache/distcc-rs"));
+        assert!(!c.disabled);
+
+        let c = ClientConfig::from_lookup(env(&[
+            ("DISTCC_RS_SCHEDULER", "not an address"),
+            ("DISTCC_RS_CACHE_DIR", "/c"),
+            ("DISTCC_RS_DISABLE", "1"),
+        ]));
+        assert!(matches!(c.scheduler, Some(Err(_))));
+        assert_eq!(c.cache_dir, PathBuf::from("/c"));
+        assert!(c.disabled);
+
+        let c = ClientConfig::from_lookup(env(&[]));
+        assert_eq!(c.scheduler, None);
+    }
+}

@@ -1,0 +1,129 @@
+//! The `RUSTC_WRAPPER` entry point: decide, compile, report.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use crate::argv::{self, Classification};
+use crate::config::ClientConfig;
+use crate::events::{self, Event, Placement};
+use crate::{local, remote};
+
+/// Handles one rustc invocation: `rustc` is the compiler cargo asked for,
+/// `args` its arguments. Returns the exit code to leave with.
+pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
+    let started = Instant::now();
+    let config = ClientConfig::from_env();
+    let record = |crate_name: Option<String>,
+                  crate_types: Vec<String>,
+                  placement: Placement,
+                  node: Option<String>,
+                  reason: Option<String>,
+                  exit_code: Option<i32>| {
+        if let Some(path) = &config.events {
+            events::append(
+                path,
+                &Event {
+                    crate_name,
+                    crate_types,
+                    placement,
+                    node,
+                    reason,
+                    exit_code,
+                    ms: started.elapsed().as_millis() as u64,
+                },
+            );
+        }
+    };
+
+    let expanded = match argv::expand_argfiles(args.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            record(
+                None,
+                vec![],
+                Placement::Local,
+                None,
+                Some(e.to_string()),
+                None,
+            );
+            return exec_local(rustc, &args);
+        }
+    };
+    let job = match argv::classify(&expanded) {
+        Classification::Local(reason) => {
+            let name = crate_name_of(&expanded);
+            record(
+                name,
+                vec![],
+                Placement::Local,
+                None,
+                Some(reason.to_string()),
+                None,
+            );
+            return exec_local(rustc, &args);
+        }
+        Classification::Distribute(job) => job,
+    };
+    let name = Some(job.crate_name.clone());
+    let types = job.crate_types.clone();
+    let scheduler = match (&config.scheduler, config.disabled) {
+        (_, true) => Err("disabled by DISTCC_RS_DISABLE".to_owned()),
+        (None, _) => Err("no scheduler configured (set DISTCC_RS_SCHEDULER)".to_owned()),
+        (Some(Err(e)), _) => Err(e.clone()),
+        (Some(Ok(addr)), _) => Ok(*addr),
+    };
+    let scheduler = match scheduler {
+        Ok(s) => s,
+        Err(reason) => {
+            record(name, types, Placement::Local, None, Some(reason), None);
+            return exec_local(rustc, &args);
+        }
+    };
+    match remote::compile(rustc, &expanded, &job, scheduler, &config) {
+        Ok(done) => {
+            info!(crate_name = %job.crate_name, node = %done.node, code = done.exit_code, "compiled on the farm");
+            record(
+                name,
+                types,
+                Placement::Remote,
+                Some(done.node),
+                None,
+                Some(done.exit_code),
+            );
+            done.exit_code
+        }
+        Err(failure) => {
+            warn!(crate_name = %job.crate_name, cause = %failure.error, "compiling locally instead");
+            let code = match local::run_after_partial(rustc, &args, &failure.forwarded) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("distcc-rs: cannot run {}: {e}", rustc.display());
+                    1
+                }
+            };
+            record(
+                name,
+                types,
+                Placement::Fallback,
+                None,
+                Some(failure.error.to_string()),
+                Some(code),
+            );
+            code
+        }
+    }
+}
+
+fn exec_local(rustc: &Path, args: &[OsString]) -> i32 {
+    let err = local::exec(rustc, args);
+    eprintln!("distcc-rs: cannot run {}: {err}", rustc.display());
+    1
+}
+
+fn crate_name_of(args: &[String]) -> Option<String> {
+    let i = args.iter().position(|a| a == "--crate-name")?;
+    args.get(i + 1).cloned()
+}

@@ -1,0 +1,257 @@
+//! Reading rustc's stderr: which lines to forward, which to hold back, and
+//! when a failure is the farm's fault rather than the code's.
+//!
+//! Cargo runs rustc with `--error-format=json`, so every line rustc itself
+//! writes is a JSON object. That gives two reliable signals:
+//!
+//! * A run that fails before writing any JSON line never got rustc going:
+//!   bubblewrap or the dynamic loader failed. That is a farm failure.
+//! * A compile error that says a crate or file is missing (E0463 and
+//!   friends) means input discovery missed something on this node. That is a
+//!   farm failure too, even though rustc ran.
+//!
+//! Farm failures make the client compile locally, and local rustc then
+//! reports everything itself. So the gate holds back what it cannot yet
+//! judge (text before the first JSON line, and everything from the first
+//! error on) and decides at exit; warnings and artifact notifications pass
+//! straight through, so cargo's pipelining and live warnings survive.
+
+use serde_json::Value;
+
+/// Error codes that mean rustc could not find an input the client should
+/// have shipped, rather than a bug in the code being compiled.
+const MISSING_INPUT_CODES: &[&str] = &[
+    "E0460", "E0461", "E0462", "E0463", "E0464", "E0514", "E0519", "E0523", "E0583", "E0786",
+];
+
+/// What one stderr line is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// An artifact notification: rustc finished writing `path`.
+    Artifact { path: String, emit: String },
+    /// A diagnostic at error level (or worse). `missing_input` tells whether
+    /// it blames a missing crate or file.
+    Error { missing_input: bool },
+    /// Any other JSON line: warnings, notes, future-incompat reports.
+    OtherJson,
+    /// Not JSON: bubblewrap, the dynamic loader, a panic, `RUSTC_LOG` output.
+    Text,
+}
+
+/// Classifies one line (without its newline).
+pub fn classify(line: &[u8]) -> Line {
+    if !line.starts_with(b"{") {
+        return Line::Text;
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(line) else {
+        return Line::Text;
+    };
+    match v.get("$message_type").and_then(Value::as_str) {
+        Some("artifact") => Line::Artifact {
+            path: v
+                .get("artifact")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            emit: v
+                .get("emit")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        },
+        Some("diagnostic") => {
+            let level = v.get("level").and_then(Value::as_str).unwrap_or_default();
+            if !level.starts_with("error") {
+                return Line::OtherJson;
+            }
+            let code = v
+                .pointer("/code/code")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let message = v.get("message").and_then(Value::as_str).unwrap_or_default();
+            let missing_input = MISSING_INPUT_CODES.contains(&code)
+                || message.starts_with("couldn't read")
+                || message.starts_with("file not found for module");
+            Line::Error { missing_input }
+        }
+        _ => Line::OtherJson,
+    }
+}
+
+/// What to do with a line now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send the file rustc just finished (the `.rmeta`), then forward the line.
+    SendOutputThenForward(String),
+    Forward,
+    Hold,
+}
+
+/// How a job ended, as far as its stderr tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// rustc's result stands: forward the held lines, report the exit code.
+    Stands(Vec<Vec<u8>>),
+    /// The farm failed; the held lines explain why and are not forwarded.
+    FarmFailure(String),
+}
+
+/// The state machine described in the module docs.
+#[derive(Debug, Default)]
+pub struct Gate {
+    seen_json: bool,
+    after_error: bool,
+    missing_input: bool,
+    held: Vec<Vec<u8>>,
+}
+
+impl Gate {
+    /// Decides what to do with one line. Held lines are kept by the gate.
+    pub fn line(&mut self, line: &[u8]) -> (Action, Vec<Vec<u8>>) {
+        let kind = classify(line);
+        let mut release = Vec::new();
+        if kind != Line::Text && !self.seen_json {
+            // rustc is running, so whatever came before was its own output.
+            self.seen_json = true;
+            if !self.after_error {
+                release = std::mem::take(&mut self.held);
+            }
+        }
+        let action = match kind {
+            Line::Artifact { path, emit } if emit == "metadata" => {
+                Action::SendOutputThenForward(path)
+            }
+            Line::Artifact { .. } => Action::Forward,
+            Line::Error { missing_input } => {
+                self.after_error = true;
+                self.missing_input |= missing_input;
+                Action::Hold
+            }
+            _ if self.after_error || !self.seen_json => Action::Hold,
+            _ => Action::Forward,
+        };
+        if action == Action::Hold {
+            self.held.push(line.to_vec());
+        }
+        (action, release)
+    }
+
+    /// Judges the run once rustc has exited with `code`.
+    pub fn finish(self, code: i32) -> Verdict {
+        if code != 0 && !self.seen_json {
+            let text = String::from_utf8_lossy(&self.held.concat())
+                .trim()
+                .to_owned();
+            return Verdict::FarmFailure(format!(
+                "rustc exited with {code} before producing any diagnostics: {}",
+                if text.is_empty() { "no output" } else { &text }
+            ));
+        }
+        if code != 0 && self.missing_input {
+            return Verdict::FarmFailure(
+                "rustc could not find an input on the node (a crate or file the client did not send)"
+                    .into(),
+            );
+        }
+        Verdict::Stands(self.held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WARN: &[u8] = br#"{"$message_type":"diagnostic","message":"unused variable","code":{"code":"unused_variables"},"level":"warning","rendered":"warning: unused"}"#;
+    const ERR: &[u8] = br#"{"$message_type":"diagnostic","message":"mismatched types","code":{"code":"E0308"},"level":"error","rendered":"error[E0308]"}"#;
+    const MISSING: &[u8] = br#"{"$message_type":"diagnostic","message":"can't find crate for `foo`","code":{"code":"E0463"},"level":"error","rendered":"error[E0463]"}"#;
+    const META: &[u8] = br#"{"$message_type":"artifact","artifact":"/p/target/debug/deps/libx-1.rmeta","emit":"metadata"}"#;
+    const DEPINFO: &[u8] = br#"{"$message_type":"artifact","artifact":"/p/target/debug/deps/x-1.d","emit":"dep-info"}"#;
+
+    #[test]
+    fn lines_are_classified() {
+        assert_eq!(classify(b"bwrap: Can't mount proc"), Line::Text);
+        assert_eq!(classify(b"{not json"), Line::Text);
+        assert_eq!(classify(WARN), Line::OtherJson);
+        assert_eq!(
+            classify(ERR),
+            Line::Error {
+                missing_input: false
+            }
+        );
+        assert_eq!(
+            classify(MISSING),
+            Line::Error {
+                missing_input: true
+            }
+        );
+        assert_eq!(
+            classify(META),
+            Line::Artifact {
+                path: "/p/target/debug/deps/libx-1.rmeta".into(),
+                emit: "metadata".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_clean_build_streams_everything_and_sends_the_rmeta_first() {
+        let mut g = Gate::default();
+        assert_eq!(g.line(DEPINFO).0, Action::Forward);
+        assert_eq!(g.line(WARN).0, Action::Forward);
+        assert_eq!(
+            g.line(META).0,
+            Action::SendOutputThenForward("/p/target/debug/deps/libx-1.rmeta".into())
+        );
+        assert_eq!(g.finish(0), Verdict::Stands(vec![]));
+    }
+
+    #[test]
+    fn a_genuine_compile_error_stands_and_is_released_at_exit() {
+        let mut g = Gate::default();
+        assert_eq!(g.line(WARN).0, Action::Forward);
+        assert_eq!(g.line(ERR).0, Action::Hold);
+        assert_eq!(g.line(WARN).0, Action::Hold);
+        assert_eq!(
+            g.finish(1),
+            Verdict::Stands(vec![ERR.to_vec(), WARN.to_vec()])
+        );
+    }
+
+    #[test]
+    fn a_missing_crate_is_the_farms_fault() {
+        let mut g = Gate::default();
+        g.line(MISSING);
+        g.line(ERR);
+        assert!(matches!(g.finish(1), Verdict::FarmFailure(_)));
+    }
+
+    #[test]
+    fn a_sandbox_that_never_started_rustc_is_the_farms_fault() {
+        let mut g = Gate::default();
+        assert_eq!(
+            g.line(b"bwrap: setting up uid map: Permission denied").0,
+            Action::Hold
+        );
+        match g.finish(1) {
+            Verdict::FarmFailure(why) => assert!(why.contains("uid map"), "{why}"),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn text_before_json_is_released_once_rustc_is_known_to_run() {
+        let mut g = Gate::default();
+        assert_eq!(g.line(b"some RUSTC_LOG line").0, Action::Hold);
+        let (action, released) = g.line(WARN);
+        assert_eq!(action, Action::Forward);
+        assert_eq!(released, vec![b"some RUSTC_LOG line".to_vec()]);
+        assert_eq!(g.finish(0), Verdict::Stands(vec![]));
+    }
+
+    #[test]
+    fn a_successful_run_without_json_keeps_its_text() {
+        let mut g = Gate::default();
+        g.line(b"plain output");
+        assert_eq!(g.finish(0), Verdict::Stands(vec![b"plain output".to_vec()]));
+    }
+}

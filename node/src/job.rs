@@ -1,0 +1,430 @@
+//! Running one job: ticket check, inputs, toolchain, sandboxed rustc, and
+//! streaming the results back.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Instant;
+
+use distcc_rs_net::payload;
+use distcc_rs_net::{FrameReader, FrameWriter, NetError};
+use distcc_rs_proto::message::{
+    BlobHeader, JobAccept, JobError, JobEvent, JobOutcome, JobRequest, NodeEvent, OutputHeader,
+};
+use distcc_rs_proto::{Digest, Ticket};
+use tokio::io::AsyncBufReadExt;
+use tracing::{debug, info, warn};
+
+use crate::diagnostics::{Action, Gate, Verdict};
+use crate::manifest::{self, ValidJob};
+use crate::sandbox::SandboxPlan;
+use crate::server::Shared;
+use crate::toolchains::ReadyToolchain;
+
+/// Outputs are compressed fast: they cross a LAN once and are not stored.
+const OUTPUT_ZSTD_LEVEL: i32 = 1;
+
+/// Checks that the scheduler issued `ticket` for this node.
+pub fn check_ticket(
+    ticket: &Ticket,
+    key: Option<&[u8; 32]>,
+    node: distcc_rs_proto::NodeId,
+) -> Result<(), JobError> {
+    let key = key.ok_or_else(|| {
+        JobError::BadTicket("the node is not registered with a scheduler right now".into())
+    })?;
+    if ticket.node != node {
+        return Err(JobError::BadTicket(format!(
+            "ticket is for {}, this is {node}",
+            ticket.node
+        )));
+    }
+    let mac = blake3::keyed_hash(
+        key,
+        &Ticket::signed_bytes(ticket.job, ticket.node, ticket.toolchain),
+    );
+    // blake3::Hash compares in constant time.
+    if mac != blake3::Hash::from_bytes(ticket.mac) {
+        return Err(JobError::BadTicket(
+            "the ticket's signature does not verify".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Serves one job stream from start to end. Errors on the stream itself
+/// (the client went away) are logged; the slot is always released and the
+/// scheduler always told.
+pub async fn serve(shared: Arc<Shared>, mut w: FrameWriter, mut r: FrameReader) {
+    let req: JobRequest = match r.recv().await {
+        Ok(req) => req,
+        Err(e) => {
+            debug!(cause = %e, "job stream closed before a request arrived");
+            return;
+        }
+    };
+    let job = req.ticket.job;
+    let key = *shared.ticket_key.lock().unwrap_or_else(|e| e.into_inner());
+    let refusal = check_ticket(&req.ticket, key.as_ref(), shared.node_id)
+        .and_then(|()| shared.claim_job(job));
+    if let Err(e) = refusal {
+        warn!(job_id = %job, cause = %e, "refusing job");
+        let _ = w.send(&JobAccept::Rejected(e)).await;
+        let _ = w.finish();
+        return;
+    }
+    let limits = manifest::Limits::default();
+    let valid = match manifest::validate(&req, &limits) {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(job_id = %job, cause = %e, "refusing invalid job");
+            let _ = w
+                .send(&JobAccept::Rejected(JobError::InvalidRequest(
+                    e.to_string(),
+                )))
+                .await;
+            let _ = w.finish();
+            return;
+        }
+    };
+    let Ok(_permit) = shared.slots.clone().try_acquire_owned() else {
+        let _ = w.send(&JobAccept::Rejected(JobError::Busy)).await;
+        let _ = w.finish();
+        return;
+    };
+    shared.report(NodeEvent::JobStarted { job });
+    let started = Instant::now();
+    info!(job_id = %job, crate_name = %req.crate_name, "job started");
+
+    let result = run(&shared, &valid, &mut w, &mut r).await;
+    let outcome = match result {
+        Ok(code) => {
+            let _ = w.send(&JobEvent::Exited { code }).await;
+            JobOutcome::Compiled { exit_code: code }
+        }
+        Err(RunError::Job(e)) => {
+            warn!(job_id = %job, cause = %e, "job failed");
+            let _ = w.send(&JobEvent::Failed(e.clone())).await;
+            JobOutcome::Failed(e)
+        }
+        Err(RunError::Net(e)) => {
+            warn!(job_id = %job, cause = %e, "lost the client during the job");
+            JobOutcome::Failed(JobError::Io(format!("client connection: {e}")))
+        }
+    };
+    let _ = w.finish();
+    let wall_ms = started.elapsed().as_millis() as u64;
+    info!(job_id = %job, ?outcome, wall_ms, "job finished");
+    shared.report(NodeEvent::JobFinished {
+        job,
+        outcome,
+        wall_ms,
+    });
+}
+
+/// A job ends in a farm failure the client hears about, or in a broken
+/// stream it cannot hear about.
+enum RunError {
+    Job(JobError),
+    Net(NetError),
+}
+
+impl From<NetError> for RunError {
+    fn from(e: NetError) -> Self {
+        RunError::Net(e)
+    }
+}
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> RunError {
+    RunError::Job(JobError::Io(format!("{what}: {e}")))
+}
+
+async fn run(
+    shared: &Arc<Shared>,
+    job: &ValidJob<'_>,
+    w: &mut FrameWriter,
+    r: &mut FrameReader,
+) -> Result<i32, RunError> {
+    let req = job.request;
+    // Fetch the toolchain while the inputs arrive.
+    let tc_shared = shared.clone();
+    let tc_id = req.ticket.toolchain;
+    let toolchain = tokio::spawn(async move { tc_shared.toolchain(tc_id).await });
+
+    let missing = shared.store.missing(req.files.iter().map(|f| &f.digest));
+    w.send(&JobAccept::NeedBlobs(missing.clone())).await?;
+    receive_blobs(shared, &missing, job, r).await?;
+
+    let toolchain = match toolchain.await {
+        Ok(Ok(tc)) => tc,
+        Ok(Err(reason)) => {
+            return Err(RunError::Job(JobError::ToolchainUnavailable {
+                id: tc_id,
+                reason,
+            }));
+        }
+        Err(e) => return Err(io_err("toolchain task", e)),
+    };
+
+    let root = JobRoot::create(&shared.jobs_dir, req.ticket.job)?;
+    root.populate(shared, job)?;
+    w.send(&JobEvent::Running).await?;
+    let timeout = shared.config.job_timeout;
+    match tokio::time::timeout(timeout, compile(shared, job, &root.path, &toolchain, w)).await {
+        Ok(result) => result,
+        Err(_) => Err(RunError::Job(JobError::Timeout {
+            secs: timeout.as_secs(),
+        })),
+    }
+}
+
+async fn receive_blobs(
+    shared: &Shared,
+    missing: &[Digest],
+    job: &ValidJob<'_>,
+    r: &mut FrameReader,
+) -> Result<(), RunError> {
+    let mut pending: HashSet<Digest> = missing.iter().copied().collect();
+    while !pending.is_empty() {
+        let header: BlobHeader = r.recv().await?;
+        if !pending.remove(&header.digest) {
+            return Err(RunError::Job(JobError::InvalidRequest(format!(
+                "blob {:?} was not asked for",
+                header.digest
+            ))));
+        }
+        let limit = job
+            .files
+            .iter()
+            .find(|(f, _)| f.digest == header.digest)
+            .map(|(f, _)| f.size)
+            .unwrap_or(0);
+        let mut tmp = shared.store.temp_file().map_err(|e| io_err("store", e))?;
+        let (digest, size) = match payload::recv_compressed(r, tmp.as_file_mut(), limit).await {
+            Ok(v) => v,
+            Err(NetError::PayloadTooLarge { .. }) => {
+                return Err(RunError::Job(JobError::BlobCorrupt {
+                    digest: header.digest,
+                }));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if digest != header.digest || size != header.size {
+            return Err(RunError::Job(JobError::BlobCorrupt {
+                digest: header.digest,
+            }));
+        }
+        shared
+            .store
+            .commit(tmp, &digest)
+            .map_err(|e| io_err("store", e))?;
+    }
+    Ok(())
+}
+
+/// A job's private directory, removed when the job ends.
+struct JobRoot {
+    path: PathBuf,
+}
+
+impl JobRoot {
+    fn create(jobs_dir: &Path, job: distcc_rs_proto::JobId) -> Result<Self, RunError> {
+        let path = jobs_dir.join(job.to_string());
+        if path.exists() {
+            fs::remove_dir_all(&path).map_err(|e| io_err("stale job dir", e))?;
+        }
+        fs::create_dir_all(&path).map_err(|e| io_err("job dir", e))?;
+        Ok(JobRoot { path })
+    }
+
+    fn populate(&self, shared: &Shared, job: &ValidJob<'_>) -> Result<(), RunError> {
+        for dir in job.dirs.iter().chain(&job.output_dirs) {
+            fs::create_dir_all(self.path.join(dir))
+                .map_err(|e| io_err("creating a directory", e))?;
+        }
+        for mp in SandboxPlan::mount_points() {
+            fs::create_dir_all(self.path.join(mp))
+                .map_err(|e| io_err("creating a mount point", e))?;
+        }
+        for (f, rel) in &job.files {
+            let dest = self.path.join(rel);
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent).map_err(|e| io_err("creating a directory", e))?;
+            }
+            shared
+                .store
+                .place(&f.digest, &dest, f.executable)
+                .map_err(|e| io_err(&format!("placing {}", f.path), e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for JobRoot {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            warn!(path = %self.path.display(), cause = %e, "cannot remove job directory");
+        }
+    }
+}
+
+async fn compile(
+    shared: &Shared,
+    job: &ValidJob<'_>,
+    root: &Path,
+    toolchain: &ReadyToolchain,
+    w: &mut FrameWriter,
+) -> Result<i32, RunError> {
+    let req = job.request;
+    let plan = SandboxPlan {
+        bwrap: &shared.config.bwrap,
+        root,
+        toolchain: &toolchain.dir,
+        bundle: &toolchain.manifest,
+        cwd: &req.cwd,
+        args: &req.args,
+    };
+    let (program, args) = plan.command();
+    let mut child = tokio::process::Command::new(&program)
+        .args(&args)
+        .env_clear()
+        .envs(req.env.iter().map(|(k, v)| (k, v)))
+        .env("TMPDIR", "/tmp")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            RunError::Job(JobError::Sandbox(format!(
+                "cannot start {}: {e}",
+                program.display()
+            )))
+        })?;
+
+    let inputs: HashSet<&Path> = job.files.iter().map(|(_, rel)| rel.as_path()).collect();
+    let mut sent: HashSet<PathBuf> = HashSet::new();
+    let mut gate = Gate::default();
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut lines = tokio::io::BufReader::new(stderr).split(b'\n');
+    while let Some(line) = lines
+        .next_segment()
+        .await
+        .map_err(|e| io_err("reading rustc's stderr", e))?
+    {
+        let (action, released) = gate.line(&line);
+        for held in released {
+            w.send(&JobEvent::Stderr(with_newline(held))).await?;
+        }
+        match action {
+            Action::Hold => {}
+            Action::Forward => w.send(&JobEvent::Stderr(with_newline(line))).await?,
+            Action::SendOutputThenForward(path) => {
+                // Pipelining: the client writes the .rmeta before it shows
+                // cargo this line, so dependents can start right away.
+                send_output(w, root, &path, &mut sent).await?;
+                w.send(&JobEvent::Stderr(with_newline(line))).await?;
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| io_err("waiting for rustc", e))?;
+    let Some(code) = status.code() else {
+        use std::os::unix::process::ExitStatusExt;
+        return Err(RunError::Job(JobError::Killed {
+            signal: status.signal().unwrap_or(0),
+        }));
+    };
+    match gate.finish(code) {
+        Verdict::FarmFailure(why) => Err(RunError::Job(JobError::Sandbox(why))),
+        Verdict::Stands(held) => {
+            for line in held {
+                w.send(&JobEvent::Stderr(with_newline(line))).await?;
+            }
+            for dir in &job.output_dirs {
+                let Ok(entries) = fs::read_dir(root.join(dir)) else {
+                    continue;
+                };
+                let mut names: Vec<_> = entries.flatten().collect();
+                names.sort_by_key(|e| e.file_name());
+                for entry in names {
+                    let rel = dir.join(entry.file_name());
+                    let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+                    if !is_file || inputs.contains(rel.as_path()) {
+                        continue;
+                    }
+                    let client_path = Path::new("/").join(&rel);
+                    let Some(client_path) = client_path.to_str() else {
+                        continue;
+                    };
+                    send_output(w, root, client_path, &mut sent).await?;
+                }
+            }
+            Ok(code)
+        }
+    }
+}
+
+fn with_newline(mut line: Vec<u8>) -> Vec<u8> {
+    line.push(b'\n');
+    line
+}
+
+/// Sends one output file, named by its client path, unless already sent.
+async fn send_output(
+    w: &mut FrameWriter,
+    root: &Path,
+    client_path: &str,
+    sent: &mut HashSet<PathBuf>,
+) -> Result<(), RunError> {
+    let rel = manifest::relative_to_root(client_path)
+        .map_err(|e| io_err("rustc reported an output at an odd path", e))?;
+    if !sent.insert(rel.clone()) {
+        return Ok(());
+    }
+    let path = root.join(&rel);
+    let file =
+        fs::File::open(&path).map_err(|e| io_err(&format!("opening output {client_path}"), e))?;
+    let meta = file.metadata().map_err(|e| io_err("output metadata", e))?;
+    use std::os::unix::fs::PermissionsExt;
+    w.send(&JobEvent::Output(OutputHeader {
+        path: client_path.to_owned(),
+        size: meta.len(),
+        executable: meta.permissions().mode() & 0o111 != 0,
+    }))
+    .await?;
+    payload::send_compressed(w, file, OUTPUT_ZSTD_LEVEL).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distcc_rs_proto::{JobId, NodeId, ToolchainId};
+
+    #[test]
+    fn tickets_verify_only_with_the_right_key_and_node() {
+        let key = [5u8; 32];
+        let tc = ToolchainId(Digest([1; 32]));
+        let mac = blake3::keyed_hash(&key, &Ticket::signed_bytes(JobId(9), NodeId(2), tc));
+        let ticket = Ticket {
+            job: JobId(9),
+            node: NodeId(2),
+            toolchain: tc,
+            mac: *mac.as_bytes(),
+        };
+        assert!(check_ticket(&ticket, Some(&key), NodeId(2)).is_ok());
+        assert!(check_ticket(&ticket, Some(&[6u8; 32]), NodeId(2)).is_err());
+        assert!(check_ticket(&ticket, Some(&key), NodeId(3)).is_err());
+        assert!(check_ticket(&ticket, None, NodeId(2)).is_err());
+        let forged = Ticket {
+            job: JobId(10),
+            ..ticket
+        };
+        assert!(check_ticket(&forged, Some(&key), NodeId(2)).is_err());
+    }
+}

@@ -1,0 +1,124 @@
+//! The sandbox a job runs in: a plan (pure) and its bubblewrap command line.
+//!
+//! The job root is a directory on the node that holds the client's files at
+//! their client-side absolute paths. bubblewrap makes that directory the
+//! sandbox's `/`, mounts the toolchain read-only at [`TOOLCHAIN_MOUNT`], and
+//! gives the job fresh user, pid, network, ipc, uts and cgroup namespaces, so
+//! rustc sees the client's paths exactly (byte-identical output needs that)
+//! and has no network. rustc is started through the bundle's own dynamic
+//! loader with the bundle's libraries, so the node needs no Rust install and
+//! its own glibc does not matter.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use distcc_rs_pack::BundleManifest;
+
+/// Where the toolchain appears inside the sandbox.
+pub const TOOLCHAIN_MOUNT: &str = "/.distcc-rs/toolchain";
+
+/// Everything needed to start one job's rustc.
+#[derive(Debug, Clone)]
+pub struct SandboxPlan<'a> {
+    /// The bubblewrap binary.
+    pub bwrap: &'a Path,
+    /// The job root on the node's disk.
+    pub root: &'a Path,
+    /// The unpacked toolchain on the node's disk.
+    pub toolchain: &'a Path,
+    pub bundle: &'a BundleManifest,
+    /// rustc's working directory, as an absolute client path.
+    pub cwd: &'a str,
+    pub args: &'a [String],
+}
+
+impl SandboxPlan<'_> {
+    /// Directories, relative to the job root, that must exist before
+    /// bubblewrap starts: its mount points.
+    pub fn mount_points() -> [&'static str; 4] {
+        ["proc", "dev", "tmp", ".distcc-rs/toolchain"]
+    }
+
+    /// The program and arguments to spawn.
+    pub fn command(&self) -> (PathBuf, Vec<OsString>) {
+        let tc = |rel: &str| format!("{TOOLCHAIN_MOUNT}/{rel}");
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+        push(&["--die-with-parent", "--new-session", "--unshare-all"]);
+        a.push("--bind".into());
+        a.push(self.root.into());
+        a.push("/".into());
+        a.push("--ro-bind".into());
+        a.push(self.toolchain.into());
+        a.push(TOOLCHAIN_MOUNT.into());
+        let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+        push(&[
+            "--proc", "/proc", "--dev", "/dev", "--chdir", self.cwd, "--",
+        ]);
+        push(&[&tc(&self.bundle.interpreter), "--library-path"]);
+        let libs: Vec<String> = self.bundle.library_path.iter().map(|l| tc(l)).collect();
+        a.push(libs.join(":").into());
+        a.push(tc(&self.bundle.rustc).into());
+        a.extend(self.args.iter().map(OsString::from));
+        (self.bwrap.to_path_buf(), a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle() -> BundleManifest {
+        BundleManifest {
+            format: 1,
+            rustc_version: "rustc 1.95.0".into(),
+            host: "x86_64-unknown-linux-gnu".into(),
+            rustc: "bin/rustc".into(),
+            interpreter: "sys/ld-linux-x86-64.so.2".into(),
+            library_path: vec!["lib".into(), "sys".into()],
+            files: vec![],
+        }
+    }
+
+    #[test]
+    fn command_mounts_root_and_toolchain_and_runs_rustc_through_the_bundled_loader() {
+        let b = bundle();
+        let args = vec!["--crate-name".to_string(), "x".to_string()];
+        let plan = SandboxPlan {
+            bwrap: Path::new("/usr/bin/bwrap"),
+            root: Path::new("/var/n/jobs/j1/root"),
+            toolchain: Path::new("/var/n/toolchains/abc"),
+            bundle: &b,
+            cwd: "/home/u/p",
+            args: &args,
+        };
+        let (prog, argv) = plan.command();
+        assert_eq!(prog, Path::new("/usr/bin/bwrap"));
+        let argv: Vec<String> = argv.into_iter().map(|a| a.into_string().unwrap()).collect();
+        let joined = argv.join(" ");
+        assert!(
+            joined.contains("--unshare-all"),
+            "no network, fresh namespaces: {joined}"
+        );
+        assert!(joined.contains("--bind /var/n/jobs/j1/root / "));
+        assert!(joined.contains("--ro-bind /var/n/toolchains/abc /.distcc-rs/toolchain "));
+        assert!(joined.contains("--chdir /home/u/p --"));
+        let tail: Vec<&str> = argv
+            .iter()
+            .skip_while(|a| *a != "--")
+            .skip(1)
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                "/.distcc-rs/toolchain/sys/ld-linux-x86-64.so.2",
+                "--library-path",
+                "/.distcc-rs/toolchain/lib:/.distcc-rs/toolchain/sys",
+                "/.distcc-rs/toolchain/bin/rustc",
+                "--crate-name",
+                "x"
+            ]
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! The node daemon: its shared state, its job listener, and start-up.
+
+use std::collections::HashSet;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use distcc_rs_net::{EndpointOptions, Identity, PeerAuth, accept_stream, endpoint, payload};
+use distcc_rs_proto::message::{FetchResponse, NodeEvent, SchedulerRequest};
+use distcc_rs_proto::{JobId, NodeId, ToolchainId};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{info, warn};
+
+use crate::store::BlobStore;
+use crate::toolchains::{ReadyToolchain, Toolchains};
+use crate::{NodeError, control, job};
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// An address clients should use instead of the one the scheduler sees.
+    pub advertise: Option<SocketAddr>,
+    pub scheduler: SocketAddr,
+    pub work_dir: PathBuf,
+    pub slots: u32,
+    /// The bubblewrap binary that builds each job's sandbox.
+    pub bwrap: PathBuf,
+    pub job_timeout: Duration,
+    /// The largest toolchain bundle the node downloads.
+    pub max_bundle_size: u64,
+}
+
+/// State every task of the node shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: NodeConfig,
+    pub node_id: NodeId,
+    pub store: BlobStore,
+    pub toolchains: Toolchains,
+    pub jobs_dir: PathBuf,
+    pub slots: Arc<Semaphore>,
+    /// The key tickets are signed with, while registered with a scheduler.
+    pub ticket_key: Mutex<Option<[u8; 32]>>,
+    /// The connection to the scheduler, while there is one.
+    pub scheduler: Mutex<Option<quinn::Connection>>,
+    pub endpoint: quinn::Endpoint,
+    pub opts: EndpointOptions,
+    events: mpsc::UnboundedSender<NodeEvent>,
+    seen_jobs: Mutex<HashSet<JobId>>,
+    running: AtomicU32,
+}
+
+impl Shared {
+    /// Queues an event for the scheduler. Events raised while the scheduler
+    /// is unreachable are dropped: a new registration starts afresh.
+    pub fn report(&self, event: NodeEvent) {
+        match &event {
+            NodeEvent::JobStarted { .. } => {
+                self.running.fetch_add(1, Ordering::Relaxed);
+            }
+            NodeEvent::JobFinished { .. } => {
+                self.running.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        let _ = self.events.send(event);
+    }
+
+    pub fn running(&self) -> u32 {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Records that a job id was used, refusing a ticket presented twice.
+    pub fn claim_job(&self, job: JobId) -> Result<(), distcc_rs_proto::message::JobError> {
+        let mut seen = self.seen_jobs.lock().unwrap_or_else(|e| e.into_inner());
+        // Job ids only grow within a scheduler's life; a bounded memory is
+        // enough to stop replays of recent tickets.
+        if seen.len() > 1_000_000 {
+            seen.clear();
+        }
+        if !seen.insert(job) {
+            return Err(distcc_rs_proto::message::JobError::BadTicket(format!(
+                "ticket for {job} was already used"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Returns the toolchain, fetching it from the scheduler if needed.
+    pub async fn toolchain(
+        self: &Arc<Self>,
+        id: ToolchainId,
+    ) -> Result<Arc<ReadyToolchain>, String> {
+        let this = self.clone();
+        let tc = self
+            .toolchains
+            .get(id, || async move { this.fetch_toolchain(id).await })
+            .await?;
+        self.report(NodeEvent::ToolchainReady(id));
+        Ok(tc)
+    }
+
+    async fn fetch_toolchain(
+        &self,
+        id: ToolchainId,
+    ) -> Result<distcc_rs_pack::BundleManifest, String> {
+        let conn = self
+            .scheduler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or("not connected to the scheduler")?;
+        info!(toolchain = %id, "fetching toolchain from the scheduler");
+        let started = std::time::Instant::now();
+        let (mut w, mut r) = distcc_rs_net::open_stream(&conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        w.send(&SchedulerRequest::FetchToolchain(id))
+            .await
+            .map_err(|e| e.to_string())?;
+        let size = match r.recv::<FetchResponse>().await.map_err(|e| e.to_string())? {
+            FetchResponse::Found { compressed_size } => compressed_size,
+            FetchResponse::NotFound => return Err("the scheduler does not have it".into()),
+        };
+        if size > self.config.max_bundle_size {
+            return Err(format!("bundle of {size} bytes is over the node's limit"));
+        }
+        let download = self.toolchains.download_path(&id);
+        let result = async {
+            let mut file = fs::File::create(&download).map_err(|e| e.to_string())?;
+            payload::recv_raw(&mut r, &mut file, self.config.max_bundle_size)
+                .await
+                .map_err(|e| e.to_string())?;
+            drop(file);
+            let dest = self.toolchains.dir_for(&id);
+            let download = download.clone();
+            tokio::task::spawn_blocking(move || {
+                let file = fs::File::open(&download).map_err(|e| e.to_string())?;
+                distcc_rs_pack::unpack(std::io::BufReader::new(file), &dest, id)
+                    .map_err(|e| format!("bundle rejected: {e}"))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        }
+        .await;
+        let _ = fs::remove_file(&download);
+        if result.is_ok() {
+            info!(toolchain = %id, secs = started.elapsed().as_secs_f32(), "toolchain ready");
+        }
+        result
+    }
+}
+
+/// A node that has bound its socket and opened its directories.
+pub struct Node {
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedReceiver<NodeEvent>,
+}
+
+impl Node {
+    /// Opens the work directory and binds the job listener.
+    pub fn bind(config: NodeConfig) -> Result<Self, NodeError> {
+        let work = &config.work_dir;
+        fs::create_dir_all(work).map_err(|e| NodeError::io(work, e))?;
+        let node_id = load_or_create_id(&work.join("node-id"))?;
+        let store = BlobStore::open(work.join("store")).map_err(|e| NodeError::io(work, e))?;
+        let toolchains =
+            Toolchains::open(work.join("toolchains")).map_err(|e| NodeError::io(work, e))?;
+        let jobs_dir = work.join("jobs");
+        // Job roots of a previous run are garbage now.
+        let _ = fs::remove_dir_all(&jobs_dir);
+        fs::create_dir_all(&jobs_dir).map_err(|e| NodeError::io(&jobs_dir, e))?;
+        let opts = EndpointOptions::default();
+        let identity = Identity::self_signed("distcc-rs-node")?;
+        let endpoint = distcc_rs_net::bind_server(
+            config.listen,
+            &identity,
+            &PeerAuth::Unauthenticated,
+            &opts,
+        )?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            slots: Arc::new(Semaphore::new(config.slots as usize)),
+            config,
+            node_id,
+            store,
+            toolchains,
+            jobs_dir,
+            ticket_key: Mutex::new(None),
+            scheduler: Mutex::new(None),
+            endpoint,
+            opts,
+            events: tx,
+            seen_jobs: Mutex::new(HashSet::new()),
+            running: AtomicU32::new(0),
+        });
+        Ok(Node { shared, events: rx })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, NodeError> {
+        self.shared
+            .endpoint
+            .local_addr()
+            .map_err(|e| NodeError::io(Path::new("socket"), e))
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.shared.node_id
+    }
+
+    /// Serves jobs and keeps the scheduler link up until `shutdown`
+    /// resolves. `registered` fires after the first successful registration.
+    pub async fn serve(
+        self,
+        registered: tokio::sync::oneshot::Sender<()>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let shared = self.shared.clone();
+        let control = tokio::spawn(control::maintain(shared.clone(), self.events, registered));
+        let accept = async {
+            while let Some(incoming) = shared.endpoint.accept().await {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let peer = incoming.remote_address();
+                    let conn = match incoming.await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let e = endpoint::explain(e, peer, shared.opts.protocol_version);
+                            warn!(%peer, cause = %e, "incoming connection failed");
+                            return;
+                        }
+                    };
+                    while let Some((w, r)) = accept_stream(&conn).await {
+                        tokio::spawn(job::serve(shared.clone(), w, r));
+                    }
+                });
+            }
+        };
+        tokio::select! {
+            () = accept => {}
+            () = shutdown => info!("shutting down"),
+        }
+        control.abort();
+        shared.endpoint.close(0u32.into(), b"node shutting down");
+    }
+}
+
+fn load_or_create_id(path: &Path) -> Result<NodeId, NodeError> {
+    if let Ok(text) = fs::read_to_string(path)
+        && let Ok(id) = u64::from_str_radix(text.trim(), 16)
+    {
+        return Ok(NodeId(id));
+    }
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| NodeError::Random(e.to_string()))?;
+    let id = NodeId(u64::from_le_bytes(bytes));
+    fs::write(path, format!("{:016x}\n", id.0)).map_err(|e| NodeError::io(path, e))?;
+    Ok(id)
+}

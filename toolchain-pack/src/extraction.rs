@@ -1,0 +1,500 @@
+//! Verifying and unpacking bundles on a node. A bundle arrives from the
+//! scheduler, which got it from some client, so it is untrusted until its
+//! content hash matches the id the job names, and every entry path is checked
+//! before anything is written, whatever the hash says.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use distcc_rs_proto::ToolchainId;
+
+use crate::error::PackError;
+use crate::hashing::HashingReader;
+use crate::manifest::{BUNDLE_MANIFEST_PATH, BundleManifest};
+
+/// A real manifest is a few tens of KiB; the cap keeps a hostile header from
+/// making us allocate gigabytes before the hash could reject it.
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+/// Unpacks a compressed bundle read from `reader` into `dest`, which must not
+/// exist yet. The content goes into a temporary sibling directory first and
+/// is renamed into place only once the BLAKE3 of the uncompressed tar stream
+/// equals `expected` and every entry passed the path checks, so a mismatch or
+/// a malformed archive leaves nothing at `dest`.
+pub fn unpack(
+    reader: impl Read,
+    dest: &Path,
+    expected: ToolchainId,
+) -> Result<BundleManifest, PackError> {
+    if fs::symlink_metadata(dest).is_ok() {
+        return Err(PackError::DestinationExists(dest.to_owned()));
+    }
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(parent).map_err(PackError::io(parent))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".distcc-rs-unpack-")
+        .tempdir_in(parent)
+        .map_err(PackError::io(parent))?;
+    let (manifest, _) = scan(reader, Some(expected), Some(tmp.path()))?;
+    // tempfile creates the directory as 0o700; the sandbox may run rustc
+    // under another uid that needs to read it.
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))
+        .map_err(PackError::io(tmp.path()))?;
+    // Renaming a directory onto an empty directory succeeds on Linux, so
+    // check again for a destination that appeared while we were unpacking.
+    if fs::symlink_metadata(dest).is_ok() {
+        return Err(PackError::DestinationExists(dest.to_owned()));
+    }
+    fs::rename(tmp.path(), dest).map_err(PackError::io(dest))?;
+    // The directory now lives at `dest`; stop the guard from deleting it.
+    let _ = tmp.keep();
+    Ok(manifest)
+}
+
+/// Checks a compressed bundle file's content hash, manifest and entry paths
+/// without writing anything.
+pub fn verify_file(path: &Path, expected: ToolchainId) -> Result<BundleManifest, PackError> {
+    let file = File::open(path).map_err(PackError::io(path))?;
+    scan(file, Some(expected), None).map(|(manifest, _)| manifest)
+}
+
+/// Checks a compressed bundle file's manifest and entry paths and computes
+/// its id, for a file whose expected id is unknown (it is not named by it).
+pub fn identify_file(path: &Path) -> Result<(BundleManifest, ToolchainId), PackError> {
+    let file = File::open(path).map_err(PackError::io(path))?;
+    scan(file, None, None)
+}
+
+/// What an entry was, for the checks on the entries after it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Dir,
+    File(u64),
+    Link,
+}
+
+/// Streams a bundle: reads the manifest, checks every entry, unpacks it under
+/// `root` when one is given, and finally compares the stream hash with
+/// `expected` when one is given. Returns the manifest and the actual id.
+fn scan(
+    reader: impl Read,
+    expected: Option<ToolchainId>,
+    root: Option<&Path>,
+) -> Result<(BundleManifest, ToolchainId), PackError> {
+    let decoder =
+        zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 20, reader))
+            .map_err(PackError::Stream)?;
+    let mut archive = tar::Archive::new(HashingReader::new(decoder));
+    archive.set_preserve_mtime(false);
+    archive.set_preserve_permissions(false);
+    archive.set_overwrite(false);
+    archive.set_unpack_xattrs(false);
+
+    let mut seen: BTreeMap<PathBuf, Kind> = BTreeMap::new();
+    let manifest = {
+        let mut entries = archive.entries().map_err(PackError::Stream)?;
+        let first = entries
+            .next()
+            .ok_or_else(|| PackError::Malformed("the archive is empty".into()))?
+            .map_err(PackError::Stream)?;
+        let manifest = read_manifest(first, root)?;
+        seen.insert(PathBuf::from(BUNDLE_MANIFEST_PATH), Kind::File(0));
+        for entry in entries {
+            let mut entry = entry.map_err(PackError::Stream)?;
+            let path = check_entry(&entry, &mut seen)?;
+            if let Some(root) = root {
+                let target = root.join(&path);
+                let inside = entry.unpack_in(root).map_err(PackError::io(&target))?;
+                // Our own checks are stricter than the tar crate's, so it
+                // skipping an entry means the two disagree: refuse.
+                if !inside {
+                    return Err(PackError::UnsafePath(path.display().to_string()));
+                }
+            }
+        }
+        manifest
+    };
+    let (digest, _) = archive
+        .into_inner()
+        .drain_and_finish()
+        .map_err(PackError::Stream)?;
+    let actual = ToolchainId(digest);
+    if let Some(expected) = expected
+        && expected != actual
+    {
+        return Err(PackError::HashMismatch { expected, actual });
+    }
+    check_listing(&manifest, &seen)?;
+    Ok((manifest, actual))
+}
+
+/// Reads and parses the first entry, which must be the manifest, and writes
+/// it under `root` so a node can read it back later.
+fn read_manifest<R: Read>(
+    mut entry: tar::Entry<'_, R>,
+    root: Option<&Path>,
+) -> Result<BundleManifest, PackError> {
+    let path = entry.path().map_err(PackError::Stream)?.into_owned();
+    if path != Path::new(BUNDLE_MANIFEST_PATH) || !entry.header().entry_type().is_file() {
+        return Err(PackError::Malformed(format!(
+            "first entry is {}, not the manifest {BUNDLE_MANIFEST_PATH}",
+            path.display()
+        )));
+    }
+    if entry.size() > MAX_MANIFEST_BYTES {
+        return Err(PackError::Malformed(format!(
+            "manifest of {} bytes is implausibly large",
+            entry.size()
+        )));
+    }
+    let mut json = Vec::with_capacity(entry.size() as usize);
+    entry.read_to_end(&mut json).map_err(PackError::Stream)?;
+    let manifest = BundleManifest::from_json(&json)?;
+    if let Some(root) = root {
+        let out = root.join(BUNDLE_MANIFEST_PATH);
+        fs::write(&out, &json).map_err(PackError::io(&out))?;
+        fs::set_permissions(&out, fs::Permissions::from_mode(0o644))
+            .map_err(PackError::io(&out))?;
+    }
+    Ok(manifest)
+}
+
+/// Decides whether an entry may be unpacked and records it. The rules are
+/// simple enough to be obviously sufficient:
+/// * paths are relative and made of normal components only;
+/// * no path appears twice, so nothing is replaced after it was checked;
+/// * no entry lies beneath a symlink or a file, so writes never traverse links;
+/// * symlink targets are relative and contain no `..`, so every link points
+///   downwards from a real directory inside the bundle and cannot escape,
+///   however links chain;
+/// * hard links name a regular file unpacked earlier.
+///
+/// Bundles written by this crate contain no links at all.
+fn check_entry<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    seen: &mut BTreeMap<PathBuf, Kind>,
+) -> Result<PathBuf, PackError> {
+    let path = entry.path().map_err(PackError::Stream)?.into_owned();
+    let shown = || path.display().to_string();
+    if !is_plain_relative(&path) {
+        return Err(PackError::UnsafePath(shown()));
+    }
+    if seen.contains_key(&path) {
+        return Err(PackError::UnsafePath(format!("{} appears twice", shown())));
+    }
+    for ancestor in path.ancestors().skip(1) {
+        if let Some(kind) = seen.get(ancestor)
+            && *kind != Kind::Dir
+        {
+            return Err(PackError::UnsafePath(format!(
+                "{} lies beneath the non-directory {}",
+                shown(),
+                ancestor.display()
+            )));
+        }
+    }
+    let header = entry.header();
+    let kind_type = header.entry_type();
+    let kind = if kind_type.is_dir() {
+        Kind::Dir
+    } else if kind_type.is_file() {
+        Kind::File(entry.size())
+    } else if kind_type.is_symlink() || kind_type.is_hard_link() {
+        let target = entry
+            .link_name()
+            .map_err(PackError::Stream)?
+            .ok_or_else(|| PackError::Malformed(format!("link {} has no target", shown())))?
+            .into_owned();
+        let bad_target = || PackError::UnsafePath(format!("{} -> {}", shown(), target.display()));
+        if !is_plain_relative(&target) {
+            return Err(bad_target());
+        }
+        if kind_type.is_hard_link() && !matches!(seen.get(&target), Some(Kind::File(_))) {
+            return Err(bad_target());
+        }
+        Kind::Link
+    } else {
+        return Err(PackError::Malformed(format!(
+            "{} has unsupported entry type {:?}",
+            shown(),
+            kind_type
+        )));
+    };
+    seen.insert(path.clone(), kind);
+    Ok(path)
+}
+
+fn is_plain_relative(path: &Path) -> bool {
+    path.components().next().is_some()
+        && path.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// Checks that the regular files in the archive are exactly those the
+/// manifest lists, with the listed sizes, so a node can trust the manifest
+/// as a description of what it unpacked.
+fn check_listing(
+    manifest: &BundleManifest,
+    seen: &BTreeMap<PathBuf, Kind>,
+) -> Result<(), PackError> {
+    let mut files: BTreeMap<&Path, u64> = seen
+        .iter()
+        .filter_map(|(p, k)| match k {
+            Kind::File(size) => Some((p.as_path(), *size)),
+            _ => None,
+        })
+        .collect();
+    files.remove(Path::new(BUNDLE_MANIFEST_PATH));
+    for listed in &manifest.files {
+        match files.remove(Path::new(&listed.path)) {
+            Some(size) if size == listed.size => {}
+            Some(size) => {
+                return Err(PackError::Malformed(format!(
+                    "{} has {size} bytes, the manifest says {}",
+                    listed.path, listed.size
+                )));
+            }
+            None => {
+                return Err(PackError::Malformed(format!(
+                    "manifest lists {} but the archive lacks it",
+                    listed.path
+                )));
+            }
+        }
+    }
+    if let Some(extra) = files.keys().next() {
+        return Err(PackError::Malformed(format!(
+            "{} is in the archive but not in the manifest",
+            extra.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::{PackOptions, create, header};
+    use crate::manifest::{BUNDLE_FORMAT, BundleFile};
+    use crate::toolchain::tests::fake_sysroot;
+    use distcc_rs_proto::Digest;
+    use std::io::Write;
+
+    fn fake_bundle(dir: &Path) -> crate::Bundle {
+        let info = fake_sysroot(&dir.join("sysroot"));
+        create(&info, &PackOptions::default(), &dir.join("out")).unwrap()
+    }
+
+    #[test]
+    fn unpack_restores_files_and_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = fake_bundle(dir.path());
+        let dest = dir.path().join("nodes/toolchain");
+        let manifest = unpack(File::open(&bundle.path).unwrap(), &dest, bundle.id).unwrap();
+        assert_eq!(manifest, bundle.manifest);
+        for f in &manifest.files {
+            let p = dest.join(&f.path);
+            let content = fs::read(&p).unwrap();
+            assert_eq!(content.len() as u64, f.size);
+            assert_eq!(Digest(*blake3::hash(&content).as_bytes()), f.digest);
+            let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, if f.executable { 0o755 } else { 0o644 }, "{}", f.path);
+        }
+        let stored = fs::read(dest.join(BUNDLE_MANIFEST_PATH)).unwrap();
+        assert_eq!(BundleManifest::from_json(&stored).unwrap(), manifest);
+        assert_eq!(
+            fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        assert_eq!(verify_file(&bundle.path, bundle.id).unwrap(), manifest);
+        assert_eq!(
+            identify_file(&bundle.path).unwrap(),
+            (manifest.clone(), bundle.id)
+        );
+
+        // A second unpack into the same place is refused, not merged.
+        let again = unpack(File::open(&bundle.path).unwrap(), &dest, bundle.id);
+        assert!(matches!(again, Err(PackError::DestinationExists(_))));
+        assert_no_leftovers(dest.parent().unwrap(), 1);
+    }
+
+    /// Asserts that `dir` holds exactly `expected` entries, i.e. no temporary
+    /// unpack directories were left behind.
+    fn assert_no_leftovers(dir: &Path, expected: usize) {
+        let names: Vec<_> = fs::read_dir(dir)
+            .map(|rd| rd.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert_eq!(names.len(), expected, "{names:?}");
+    }
+
+    #[test]
+    fn corrupt_stream_or_wrong_id_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = fake_bundle(dir.path());
+        let good = fs::read(&bundle.path).unwrap();
+        let nodes = dir.path().join("nodes");
+        fs::create_dir(&nodes).unwrap();
+        let dest = nodes.join("tc");
+
+        // Flip one byte in the compressed blocks and in the trailing
+        // checksum. (Not in the frame header: a flipped window-size bit can
+        // still decode to the same content, which is then rightly accepted.)
+        for at in [good.len() / 3, good.len() / 2, good.len() - 2] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x40;
+            let err = unpack(&bad[..], &dest, bundle.id).unwrap_err();
+            assert!(!dest.exists(), "flip at {at} left {dest:?}: {err}");
+            assert!(verify_file_bytes(&bad, bundle.id).is_err(), "flip at {at}");
+        }
+
+        let wrong = ToolchainId(Digest([0xab; 32]));
+        let err = unpack(&good[..], &dest, wrong).unwrap_err();
+        match err {
+            PackError::HashMismatch { expected, actual } => {
+                assert_eq!(expected, wrong);
+                assert_eq!(actual, bundle.id);
+            }
+            other => panic!("expected a hash mismatch, got {other}"),
+        }
+        assert!(!dest.exists());
+        assert!(matches!(
+            verify_file(&bundle.path, wrong),
+            Err(PackError::HashMismatch { .. })
+        ));
+
+        // Trailing garbage after the zstd frame is not silently ignored.
+        let mut longer = good.clone();
+        longer.extend_from_slice(b"garbage");
+        assert!(unpack(&longer[..], &dest, bundle.id).is_err());
+        assert_no_leftovers(&nodes, 0);
+    }
+
+    fn verify_file_bytes(bytes: &[u8], id: ToolchainId) -> Result<BundleManifest, PackError> {
+        scan(bytes, Some(id), None).map(|(manifest, _)| manifest)
+    }
+
+    /// A hostile entry as raw header fields; the tar crate's safe setters
+    /// refuse `..` and absolute paths, so the name is written by hand.
+    enum Hostile {
+        File(&'static str),
+        Symlink(&'static str, &'static str),
+        HardLink(&'static str, &'static str),
+    }
+
+    /// Builds a zstd tar with a valid manifest followed by `entries`, and
+    /// returns it with its true id, so only the path checks can reject it.
+    fn hostile_bundle(entries: &[Hostile]) -> (Vec<u8>, ToolchainId) {
+        let manifest = BundleManifest {
+            format: BUNDLE_FORMAT,
+            rustc_version: "rustc 0.0.0\n".into(),
+            host: "x86_64-unknown-linux-gnu".into(),
+            rustc: "bin/rustc".into(),
+            interpreter: String::new(),
+            library_path: vec!["lib".into()],
+            files: vec![BundleFile {
+                path: "bin/rustc".into(),
+                size: 2,
+                digest: Digest(*blake3::hash(b"#!").as_bytes()),
+                executable: true,
+            }],
+        };
+        let mut tar = tar::Builder::new(Vec::new());
+        let json = manifest.to_json();
+        let mut h = header(tar::EntryType::Regular, json.len() as u64, false);
+        tar.append_data(&mut h, BUNDLE_MANIFEST_PATH, &json[..])
+            .unwrap();
+        let mut h = header(tar::EntryType::Regular, 2, true);
+        tar.append_data(&mut h, "bin/rustc", &b"#!"[..]).unwrap();
+        for e in entries {
+            let (kind, name, link, data): (_, &str, Option<&str>, &[u8]) = match e {
+                Hostile::File(name) => (tar::EntryType::Regular, name, None, b"pwned"),
+                Hostile::Symlink(name, to) => (tar::EntryType::Symlink, name, Some(to), b""),
+                Hostile::HardLink(name, to) => (tar::EntryType::Link, name, Some(to), b""),
+            };
+            let mut h = header(kind, data.len() as u64, false);
+            let raw = &mut h.as_old_mut().name;
+            raw[..name.len()].copy_from_slice(name.as_bytes());
+            if let Some(to) = link {
+                h.as_old_mut().linkname[..to.len()].copy_from_slice(to.as_bytes());
+            }
+            h.set_cksum();
+            tar.append(&h, data).unwrap();
+        }
+        let raw = tar.into_inner().unwrap();
+        let id = ToolchainId(Digest(*blake3::hash(&raw).as_bytes()));
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.write_all(&raw).unwrap();
+        (enc.finish().unwrap(), id)
+    }
+
+    #[test]
+    fn hostile_paths_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = dir.path().join("nodes");
+        let dest = nodes.join("tc");
+
+        // The harness itself must produce acceptable bundles.
+        let (ok, ok_id) = hostile_bundle(&[Hostile::Symlink("lib/alias", "real/file")]);
+        unpack(&ok[..], &dest, ok_id).unwrap();
+        fs::remove_dir_all(&dest).unwrap();
+
+        let cases: Vec<Vec<Hostile>> = vec![
+            vec![Hostile::File("../escaped")],
+            vec![Hostile::File("lib/../../escaped")],
+            vec![Hostile::File("/tmp/distcc-rs-pack-abs-escape")],
+            vec![Hostile::Symlink("lib/evil", "/etc")],
+            vec![Hostile::Symlink("lib/evil", "../../..")],
+            vec![Hostile::Symlink("up", "a/../..")],
+            vec![
+                Hostile::Symlink("lib/evil", "sub"),
+                Hostile::File("lib/evil/through-link"),
+            ],
+            vec![Hostile::HardLink("lib/hard", "/etc/passwd")],
+            vec![Hostile::HardLink("lib/hard", "../outside")],
+            vec![Hostile::File("bin/rustc")],
+        ];
+        for entries in &cases {
+            let (bytes, id) = hostile_bundle(entries);
+            let err = unpack(&bytes[..], &dest, id).unwrap_err();
+            assert!(matches!(err, PackError::UnsafePath(_)), "{err}");
+            assert!(!dest.exists());
+            assert!(matches!(
+                scan(&bytes[..], Some(id), None),
+                Err(PackError::UnsafePath(_))
+            ));
+        }
+        assert_no_leftovers(&nodes, 0);
+        assert!(!dir.path().join("escaped").exists());
+        assert!(!Path::new("/tmp/distcc-rs-pack-abs-escape").exists());
+    }
+
+    #[test]
+    fn manifest_must_come_first_and_match_the_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("tc");
+
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = header(tar::EntryType::Regular, 2, true);
+        tar.append_data(&mut h, "bin/rustc", &b"#!"[..]).unwrap();
+        let raw = tar.into_inner().unwrap();
+        let id = ToolchainId(Digest(*blake3::hash(&raw).as_bytes()));
+        let bytes = zstd::encode_all(&raw[..], 3).unwrap();
+        assert!(matches!(
+            unpack(&bytes[..], &dest, id),
+            Err(PackError::Malformed(_))
+        ));
+
+        // An extra regular file the manifest does not list.
+        let (bytes, id) = hostile_bundle(&[Hostile::File("lib/unlisted")]);
+        assert!(matches!(
+            unpack(&bytes[..], &dest, id),
+            Err(PackError::Malformed(_))
+        ));
+        assert!(!dest.exists());
+    }
+}
