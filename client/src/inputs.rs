@@ -563,3 +563,94 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod tmp_e2e {
+    use super::*;
+    use crate::argv::{Classification, classify, prepass_args};
+
+    #[test]
+    fn replay_cargo_log() {
+        let Ok(log) = std::fs::read_to_string("/tmp/ddtest/argv.log") else {
+            return;
+        };
+        let mut summary = std::collections::BTreeMap::<String, usize>::new();
+        for line in log.lines() {
+            let parts: Vec<&str> = line.split('\x1e').collect();
+            let (cwd, envfile, rustc) = (parts[0], parts[1], parts[2]);
+            let args: Vec<String> = parts[3]
+                .split('\x1f')
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let env_text = std::fs::read(format!("/tmp/ddtest/env/{envfile}")).unwrap();
+            let env: Vec<(String, String)> = env_text
+                .split(|b| *b == 0)
+                .filter(|kv| !kv.is_empty())
+                .filter_map(|kv| {
+                    let s = String::from_utf8_lossy(kv).into_owned();
+                    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))
+                })
+                .collect();
+            let name = args
+                .iter()
+                .position(|a| a == "--crate-name")
+                .map(|i| args[i + 1].clone())
+                .unwrap_or_default();
+            let job = match classify(&args) {
+                Classification::Local(reason) => {
+                    *summary.entry(format!("local: {reason}")).or_default() += 1;
+                    eprintln!("LOCAL {name}: {reason}");
+                    continue;
+                }
+                Classification::Distribute(job) => job,
+            };
+            *summary.entry("distribute".into()).or_default() += 1;
+            let tmp = tempfile::tempdir().unwrap();
+            let d = tmp.path().join("pre.d");
+            let pre = prepass_args(&args, d.to_str().unwrap());
+            let out = std::process::Command::new(rustc)
+                .args(&pre)
+                .current_dir(cwd)
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .env("RUSTC_BOOTSTRAP", "1")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = std::fs::read_to_string(&d).unwrap();
+            let info = crate::depinfo::parse(&text).unwrap();
+            let sysroot = String::from_utf8(
+                std::process::Command::new(rustc)
+                    .arg("--print=sysroot")
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .unwrap();
+            let p = plan(&job, &info, Path::new(cwd), Path::new(sysroot.trim()), &env).unwrap();
+            for f in &p.files {
+                assert!(f.is_file(), "{name}: {} missing", f.display());
+            }
+            let natives: Vec<_> = p
+                .files
+                .iter()
+                .filter(|f| f.extension().is_some_and(|e| e == "a"))
+                .collect();
+            eprintln!(
+                "REMOTE {name} emit={:?} files={} dirs={:?} out={:?} env={:?} natives={natives:?} stderr_lines={}",
+                job.emit,
+                p.files.len(),
+                p.dirs,
+                p.output_dirs,
+                info.env,
+                String::from_utf8_lossy(&out.stderr).lines().count()
+            );
+        }
+        eprintln!("{summary:#?}");
+    }
+}

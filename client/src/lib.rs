@@ -8,6 +8,7 @@
 //! * [`inputs`]: the set of files a remote compile needs (pure but for
 //!   existence checks of `-l static` archives).
 //! * [`outputs`]: which paths a node may write on this machine (pure).
+//! * [`package`]: the package directory shipped for proc-macros that read files.
 //! * [`config`]: settings from the environment.
 //! * [`remote`]: one job on the farm, from pre-pass to written outputs.
 //! * [`local`]: running rustc here, untouched or after a failed farm attempt.
@@ -26,6 +27,7 @@ pub mod events;
 pub mod inputs;
 pub mod local;
 pub mod outputs;
+pub mod package;
 pub mod remote;
 pub mod status;
 pub mod wrapper;

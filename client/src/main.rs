@@ -40,6 +40,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Summarises an event log (see DISTCC_RS_EVENTS): where each compile
+    /// ran and why.
+    Stats {
+        /// The event log [default: $DISTCC_RS_EVENTS].
+        #[arg(long)]
+        events: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,7 +55,7 @@ fn main() -> ExitCode {
     // of our own subcommands or flags.
     let is_wrapper = args.get(1).is_some_and(|a| {
         let s = a.to_string_lossy();
-        !s.starts_with('-') && !matches!(s.as_ref(), "status" | "help")
+        !s.starts_with('-') && !matches!(s.as_ref(), "status" | "stats" | "help")
     });
     if is_wrapper {
         init_logging();
@@ -87,6 +94,15 @@ fn cli(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", distcc_rs::status::render(scheduler, &status));
             }
+            Ok(())
+        }
+        Command::Stats { events } => {
+            let path = events
+                .or(ClientConfig::from_env().events)
+                .context("no event log given: pass --events or set DISTCC_RS_EVENTS")?;
+            let events = distcc_rs::events::read(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            print!("{}", distcc_rs::events::summarize(&events));
             Ok(())
         }
     }

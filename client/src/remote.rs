@@ -26,6 +26,7 @@ use tracing::{debug, info};
 use crate::argv::{self, CompileJob};
 use crate::config::ClientConfig;
 use crate::outputs::OutputPolicy;
+use crate::package::{self, PackageLimits};
 use crate::{depinfo, inputs};
 
 /// Inputs travel compressed at a level that costs little CPU on the client.
@@ -153,9 +154,21 @@ fn prepare(
     let plan = inputs::plan(job, &deps, &cwd, &sysroot, &env)
         .map_err(|e| FarmError::Inputs(e.to_string()))?;
 
-    let mut files = Vec::with_capacity(plan.files.len());
+    let mut all_files = plan.files.clone();
+    if let Some(dir) = env
+        .iter()
+        .find(|(k, _)| k == "CARGO_MANIFEST_DIR")
+        .map(|(_, v)| v)
+    {
+        let extra = package::files(Path::new(dir), PackageLimits::default())
+            .map_err(|e| FarmError::Inputs(e.to_string()))?;
+        all_files.extend(extra);
+        all_files.sort();
+        all_files.dedup();
+    }
+    let mut files = Vec::with_capacity(all_files.len());
     let mut paths = HashMap::new();
-    for path in &plan.files {
+    for path in &all_files {
         let (digest, size, executable) =
             hash_file(path).map_err(|e| FarmError::Inputs(format!("{}: {e}", path.display())))?;
         files.push(FileEntry {

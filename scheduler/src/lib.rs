@@ -1,1 +1,26 @@
-//! Placeholder, replaced below.
+//! The distcc-rs scheduler: it knows which nodes are in the farm, decides
+//! where each compile runs, and keeps the toolchain bundles that nodes fetch.
+//!
+//! # Layout
+//!
+//! * [`farm`]: the pure core. Nodes, jobs in flight, placement, expiry and
+//!   counters, as a plain struct whose methods take the current time as an
+//!   argument. No IO, no clock, no tasks.
+//! * [`store`]: toolchain bundles on disk, verified against their content
+//!   hash before they get their final name.
+//! * [`server`]: the QUIC edge. Accepts connections, reads one request per
+//!   stream, and turns it into calls on the farm and the store.
+//!
+//! The binary (`main.rs`) parses flags, sets up logging, binds the endpoint
+//! and calls [`server::run`].
+
+pub mod farm;
+pub mod server;
+pub mod store;
+
+#[cfg(test)]
+mod fixture;
+
+pub use farm::{ASSIGNMENT_TIMEOUT, Departure, Farm, FarmConfig};
+pub use server::{SchedulerConfig, SchedulerError, run};
+pub use store::{DEFAULT_MAX_BUNDLE_SIZE, StoreError, StoredBundle, ToolchainStore, Upload};

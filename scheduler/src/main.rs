@@ -1,1 +1,152 @@
-fn main() {}
+//! The `distcc-rs-scheduler` daemon. This file is glue: it parses flags, sets
+//! up logging, binds the QUIC endpoint, announces the bound address and hands
+//! over to `distcc_rs_scheduler::run` until SIGINT or SIGTERM.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use distcc_rs_net::{EndpointOptions, Identity, PeerAuth, bind_server};
+use distcc_rs_scheduler::{DEFAULT_MAX_BUNDLE_SIZE, SchedulerConfig};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+/// Where state goes when neither `--state-dir` nor `$STATE_DIRECTORY` says.
+const DEFAULT_STATE_DIR: &str = "/var/lib/distcc-rs/scheduler";
+
+/// The distcc-rs scheduler: tracks the nodes of a compile farm, decides where
+/// each compile runs, and stores the toolchain bundles nodes need.
+///
+/// Nodes register with it and keep a control connection open; clients (the
+/// `distcc-rs` rustc wrapper) ask it where to send each compile and upload
+/// their toolchain once. Logs go to stderr; the only line on stdout is
+/// `distcc-rs-scheduler listening on ADDR`, printed once the endpoint is bound.
+#[derive(Debug, Parser)]
+#[command(name = "distcc-rs-scheduler", version)]
+struct Args {
+    /// The UDP address to accept QUIC connections on, from nodes and clients
+    /// alike. Port 0 picks a free port (see the "listening on" line).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7700")]
+    listen: SocketAddr,
+
+    /// Where the scheduler keeps toolchain bundles (in its `toolchains`
+    /// subdirectory). Created if missing. Defaults to $STATE_DIRECTORY (as set
+    /// by systemd's StateDirectory=), else /var/lib/distcc-rs/scheduler.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// How log lines on stderr look: `text` for people, `json` for log
+    /// collectors. The RUST_LOG variable selects what is logged (default
+    /// `info`).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// The largest compressed toolchain bundle a client may upload, in bytes.
+    /// A real bundle is about 150 MB.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BUNDLE_SIZE)]
+    max_bundle_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("distcc-rs-scheduler: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Stdout carries the one "listening on" line that scripts and tests wait
+    // for, so logs must never go there.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let state_dir = state_dir(args.state_dir);
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+
+    let options = EndpointOptions::default();
+    let identity =
+        Identity::self_signed("distcc-rs-scheduler").context("cannot create a TLS identity")?;
+    let endpoint = bind_server(args.listen, &identity, &PeerAuth::Unauthenticated, &options)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let bound = endpoint
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let shutdown = shutdown_signal()?;
+
+    let mut config = SchedulerConfig::new(state_dir);
+    config.max_bundle_size = args.max_bundle_size;
+    config.protocol_version = options.protocol_version;
+
+    // Connections that arrive before `run` starts accepting wait in the
+    // endpoint's queue, so announcing the address first loses nothing.
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "distcc-rs-scheduler listening on {bound}")
+        .and_then(|()| stdout.flush())
+        .context("cannot write to stdout")?;
+    drop(stdout);
+
+    distcc_rs_scheduler::run(endpoint, config, shutdown)
+        .await
+        .context("the scheduler failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The flag, else the first directory in `$STATE_DIRECTORY` (systemd joins
+/// several with `:`), else the default.
+fn state_dir(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| {
+        let env = std::env::var_os("STATE_DIRECTORY")?;
+        let first = env.to_str()?.split(':').next()?.to_owned();
+        (!first.is_empty()).then(|| PathBuf::from(first))
+    })
+    .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+/// Completes on SIGINT or SIGTERM. The handlers are installed before this
+/// returns, so a signal that arrives during start-up is not lost.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!("{name} received, shutting down");
+    })
+}

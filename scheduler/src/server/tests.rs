@@ -1,0 +1,330 @@
+//! Loopback tests of the server: a real endpoint, a fake node and a fake
+//! client speaking the wire protocol. Waits poll `Status` against a deadline
+//! instead of sleeping for a guessed time.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use distcc_rs_net::{EndpointOptions, Identity, PeerAuth, bind_client, bind_server, connect};
+use distcc_rs_net::{FrameReader, FrameWriter, open_stream, payload};
+use distcc_rs_proto::message::{
+    AllocateRequest, AllocateResponse, BundleError, FarmStatus, FetchResponse, JobOutcome,
+    NodeEvent, NodeRegistration, RegisterRefusal, RegisterResponse, RunLocallyReason,
+    SchedulerRequest, UploadResponse,
+};
+use distcc_rs_proto::{NodeId, Ticket, ToolchainId};
+use quinn::Connection;
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::*;
+use crate::fixture;
+
+/// A scheduler running on loopback, stopped by dropping or sending on `stop`.
+struct Running {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), SchedulerError>>,
+}
+
+fn start(state_dir: &std::path::Path) -> Running {
+    start_with(SchedulerConfig::new(state_dir))
+}
+
+fn start_with(config: SchedulerConfig) -> Running {
+    let identity = Identity::self_signed("scheduler-test").unwrap();
+    let endpoint = bind_server(
+        "127.0.0.1:0".parse().unwrap(),
+        &identity,
+        &PeerAuth::Unauthenticated,
+        &EndpointOptions::default(),
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(endpoint, config, async move {
+        let _ = stopped.await;
+    }));
+    Running { addr, stop, task }
+}
+
+impl Running {
+    async fn shut_down(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A fresh connection to the scheduler, from its own endpoint.
+async fn dial(addr: SocketAddr) -> Connection {
+    let opts = EndpointOptions::default();
+    let endpoint = bind_client(addr, None, &PeerAuth::Unauthenticated, &opts).unwrap();
+    connect(&endpoint, addr, &opts).await.unwrap()
+}
+
+/// One request, one answer, on a new stream.
+async fn ask<T: DeserializeOwned>(conn: &Connection, request: &SchedulerRequest) -> T {
+    let (mut w, mut r) = open_stream(conn).await.unwrap();
+    w.send(request).await.unwrap();
+    w.finish().unwrap();
+    r.recv().await.unwrap()
+}
+
+async fn upload(conn: &Connection, id: ToolchainId, bundle: &[u8]) -> UploadResponse {
+    upload_announcing(conn, id, bundle.len() as u64, bundle).await
+}
+
+/// Uploads `bundle` after announcing `announced` bytes. Sending may fail
+/// when the scheduler refuses early and stops reading; the answer is what
+/// counts.
+async fn upload_announcing(
+    conn: &Connection,
+    id: ToolchainId,
+    announced: u64,
+    bundle: &[u8],
+) -> UploadResponse {
+    let (mut w, mut r) = open_stream(conn).await.unwrap();
+    w.send(&SchedulerRequest::UploadToolchain {
+        id,
+        compressed_size: announced,
+    })
+    .await
+    .unwrap();
+    if payload::send_raw(&mut w, bundle).await.is_ok() {
+        let _ = w.finish();
+    }
+    r.recv().await.unwrap()
+}
+
+async fn fetch(conn: &Connection, id: ToolchainId) -> Option<Vec<u8>> {
+    let (mut w, mut r) = open_stream(conn).await.unwrap();
+    w.send(&SchedulerRequest::FetchToolchain(id)).await.unwrap();
+    w.finish().unwrap();
+    match r.recv().await.unwrap() {
+        FetchResponse::NotFound => None,
+        FetchResponse::Found { compressed_size } => {
+            let mut out = Vec::new();
+            let got = payload::recv_raw(&mut r, &mut out, compressed_size)
+                .await
+                .unwrap();
+            assert_eq!(got, compressed_size);
+            Some(out)
+        }
+    }
+}
+
+/// Polls `Status` until `done` holds, failing after a generous deadline.
+async fn wait_for(conn: &Connection, what: &str, done: impl Fn(&FarmStatus) -> bool) -> FarmStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status: FarmStatus = ask(conn, &SchedulerRequest::Status).await;
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {what}; last status: {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn registration(node: u64) -> NodeRegistration {
+    NodeRegistration {
+        node: NodeId(node),
+        name: "fake-node".into(),
+        job_port: 47001,
+        advertise: None,
+        slots: 2,
+        toolchains: vec![],
+    }
+}
+
+/// Registers a node on a new stream and returns the open control stream.
+async fn register(
+    conn: &Connection,
+    registration: NodeRegistration,
+) -> (RegisterResponse, FrameWriter, FrameReader) {
+    let (mut w, mut r) = open_stream(conn).await.unwrap();
+    w.send(&SchedulerRequest::RegisterNode(registration))
+        .await
+        .unwrap();
+    let response = r.recv().await.unwrap();
+    (response, w, r)
+}
+
+fn allocate_request(toolchain: ToolchainId) -> SchedulerRequest {
+    SchedulerRequest::Allocate(AllocateRequest {
+        toolchain,
+        crate_name: "demo".into(),
+        client: "test-client:1".into(),
+    })
+}
+
+#[tokio::test]
+async fn a_node_and_a_client_go_through_a_whole_job() {
+    let state = tempfile::tempdir().unwrap();
+    let scheduler = start(state.path());
+    let client = dial(scheduler.addr).await;
+
+    // Nobody is there yet, and the client is asked for its toolchain first.
+    let (id, bundle) = fixture::bundle("server-test");
+    let answer: AllocateResponse = ask(&client, &allocate_request(id)).await;
+    assert_eq!(answer, AllocateResponse::NeedToolchain);
+
+    // Upload, fetch back byte for byte, and check that a lie is caught.
+    assert_eq!(upload(&client, id, &bundle).await, UploadResponse::Stored);
+    assert_eq!(fetch(&client, id).await.as_deref(), Some(&bundle[..]));
+    let (unknown, _) = fixture::bundle("never-uploaded");
+    assert_eq!(fetch(&client, unknown).await, None);
+    match upload(&client, unknown, &bundle).await {
+        UploadResponse::Rejected(BundleError::HashMismatch { expected, actual }) => {
+            assert_eq!((expected, actual), (unknown, id));
+        }
+        other => panic!("expected a hash mismatch, got {other:?}"),
+    }
+    assert_eq!(fetch(&client, unknown).await, None);
+    let answer: AllocateResponse = ask(&client, &allocate_request(unknown)).await;
+    assert_eq!(answer, AllocateResponse::NeedToolchain);
+    let answer: AllocateResponse = ask(&client, &allocate_request(id)).await;
+    assert_eq!(
+        answer,
+        AllocateResponse::RunLocally(RunLocallyReason::NoNodes)
+    );
+
+    // A node joins and stays; a second registration under its id is refused.
+    let node = dial(scheduler.addr).await;
+    let (response, mut control, _control_r) = register(&node, registration(7)).await;
+    let RegisterResponse::Registered { ticket_key } = response else {
+        panic!("registration failed: {response:?}");
+    };
+    let (refused, _w, _r) = register(&node, registration(7)).await;
+    assert_eq!(
+        refused,
+        RegisterResponse::Refused(RegisterRefusal::DuplicateNode(NodeId(7)))
+    );
+
+    let answer: AllocateResponse = ask(&client, &allocate_request(id)).await;
+    let AllocateResponse::Assigned(assignment) = answer else {
+        panic!("expected an assignment, got {answer:?}");
+    };
+    assert_eq!(assignment.node, NodeId(7));
+    assert_eq!(assignment.node_name, "fake-node");
+    assert_eq!(
+        assignment.addr,
+        "127.0.0.1:47001".parse::<SocketAddr>().unwrap()
+    );
+    let t = assignment.ticket;
+    assert_eq!(
+        (t.job, t.node, t.toolchain),
+        (assignment.job, NodeId(7), id)
+    );
+    let mac = blake3::keyed_hash(
+        &ticket_key,
+        &Ticket::signed_bytes(t.job, t.node, t.toolchain),
+    );
+    assert_eq!(*mac.as_bytes(), t.mac, "the node can check its tickets");
+
+    let status: FarmStatus = ask(&client, &SchedulerRequest::Status).await;
+    assert_eq!(status.nodes.len(), 1);
+    assert_eq!(status.nodes[0].running, 1);
+    assert_eq!(status.jobs.len(), 1);
+    assert_eq!(status.toolchains.len(), 1);
+    assert_eq!(status.toolchains[0].id, id);
+    assert_eq!(status.toolchains[0].compressed_size, bundle.len() as u64);
+
+    // The node runs the job and reports it.
+    let job = assignment.job;
+    control.send(&NodeEvent::JobStarted { job }).await.unwrap();
+    control.send(&NodeEvent::ToolchainReady(id)).await.unwrap();
+    control
+        .send(&NodeEvent::JobFinished {
+            job,
+            outcome: JobOutcome::Compiled { exit_code: 0 },
+            wall_ms: 12,
+        })
+        .await
+        .unwrap();
+    let status = wait_for(&client, "the job to finish", |s| s.totals.succeeded == 1).await;
+    assert_eq!(status.nodes[0].running, 0);
+    assert_eq!(status.nodes[0].jobs_done, 1);
+    assert_eq!(status.nodes[0].toolchains, [id]);
+    assert!(status.jobs.is_empty());
+    assert_eq!(status.totals.assigned, 1);
+
+    // The node goes away: it leaves the farm.
+    node.close(0u32.into(), b"node stopping");
+    wait_for(&client, "the node to leave", |s| s.nodes.is_empty()).await;
+    let answer: AllocateResponse = ask(&client, &allocate_request(id)).await;
+    assert_eq!(
+        answer,
+        AllocateResponse::RunLocally(RunLocallyReason::NoNodes)
+    );
+
+    client.close(0u32.into(), b"done");
+    scheduler.shut_down().await;
+}
+
+#[tokio::test]
+async fn stored_bundles_survive_a_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let (id, bundle) = fixture::bundle("restart");
+
+    let scheduler = start(state.path());
+    let client = dial(scheduler.addr).await;
+    assert_eq!(upload(&client, id, &bundle).await, UploadResponse::Stored);
+    // A second upload of the same bundle is harmless.
+    assert_eq!(upload(&client, id, &bundle).await, UploadResponse::Stored);
+    client.close(0u32.into(), b"done");
+    scheduler.shut_down().await;
+
+    let scheduler = start(state.path());
+    let client = dial(scheduler.addr).await;
+    let status: FarmStatus = ask(&client, &SchedulerRequest::Status).await;
+    assert_eq!(status.toolchains.len(), 1);
+    assert_eq!(status.toolchains[0].id, id);
+    assert_eq!(fetch(&client, id).await.as_deref(), Some(&bundle[..]));
+    client.close(0u32.into(), b"done");
+    scheduler.shut_down().await;
+}
+
+#[tokio::test]
+async fn oversized_uploads_are_refused() {
+    let state = tempfile::tempdir().unwrap();
+    let scheduler = start_with(SchedulerConfig {
+        max_bundle_size: 64,
+        ..SchedulerConfig::new(state.path())
+    });
+    let client = dial(scheduler.addr).await;
+    let (id, bundle) = fixture::bundle("big");
+    assert!(bundle.len() > 64);
+    let size = bundle.len() as u64;
+    // Announced honestly: refused before a byte is read.
+    assert_eq!(
+        upload(&client, id, &bundle).await,
+        UploadResponse::Rejected(BundleError::TooLarge { size, limit: 64 })
+    );
+    // Announced as small: caught while receiving.
+    match upload_announcing(&client, id, 10, &bundle).await {
+        UploadResponse::Rejected(BundleError::TooLarge { limit: 64, .. }) => {}
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let status: FarmStatus = ask(&client, &SchedulerRequest::Status).await;
+    assert!(status.toolchains.is_empty());
+    assert_eq!(fetch(&client, id).await, None);
+    client.close(0u32.into(), b"done");
+    scheduler.shut_down().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_node_connections_and_returns() {
+    let state = tempfile::tempdir().unwrap();
+    let scheduler = start(state.path());
+    let node = dial(scheduler.addr).await;
+    let (response, _w, mut r) = register(&node, registration(1)).await;
+    assert!(matches!(response, RegisterResponse::Registered { .. }));
+    scheduler.shut_down().await;
+    // The node sees its control stream end with the connection.
+    assert!(r.recv_opt::<u8>().await.is_err());
+}
