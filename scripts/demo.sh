@@ -55,18 +55,8 @@ build() {
      DISTCC_RS_LOG=info DISTCC_RS_LOG_FILE="$WORK/client.log" \
      cargo build --quiet)
   local ms=$(( ($(date +%s%N) - start) / 1000000 ))
-  python3 - "$WORK/$name.events" "$ms" <<'PY'
-import json, sys
-events = [json.loads(l) for l in open(sys.argv[1])]
-compiles = [e for e in events if e.get("crate") and e["crate"] != "___"]
-print(f"   {'crate':<24} {'where':<9} detail")
-for e in sorted(compiles, key=lambda e: (e["where"], e["crate"])):
-    detail = e["node"] if e["where"] == "remote" else (e.get("reason") or "")
-    print(f"   {e['crate']:<24} {e['where']:<9} {detail}")
-count = lambda w: sum(1 for e in compiles if e["where"] == w)
-print(f"   => {count('remote')} remote, {count('local')} local by choice, "
-      f"{count('fallback')} fell back to local; build took {int(sys.argv[2]) / 1000:.1f} s")
-PY
+  "$BIN/distcc-rs" stats --events "$WORK/$name.events" | sed 's/^/   /'
+  echo "   build took $((ms / 1000)).$(( (ms % 1000) / 100 )) s"
 }
 build workspace
 build realdeps

@@ -62,8 +62,8 @@ const FORBIDDEN_ROOTS: &[&str] = &["/proc", "/sys", "/dev"];
 /// Plans what to ship for `job`, given what its dep-info pre-pass reported.
 ///
 /// `cwd` is rustc's working directory, `sysroot` the client's toolchain root
-/// (`rustc --print=sysroot`), `env` the environment rustc runs with (only
-/// `OUT_DIR` is read).
+/// (`rustc --print=sysroot`; empty to exclude nothing), `env` the environment
+/// rustc runs with (only `OUT_DIR` is read).
 pub fn plan(
     job: &CompileJob,
     depinfo: &DepInfo,
@@ -77,11 +77,10 @@ pub fn plan(
         return Err(InputError::NotAbsolute(cwd.to_path_buf()));
     }
     let cwd = normalize(cwd);
-    let resolver = Resolver {
-        cwd: &cwd,
-        sysroot: normalize(&cwd.join(sysroot)),
-    };
-    let cwd = resolver.resolve_dir(&cwd)?;
+    // An empty sysroot would otherwise mean the cwd and exclude every source.
+    let sysroot = (!sysroot.as_os_str().is_empty()).then(|| normalize(&cwd.join(sysroot)));
+    let resolver = Resolver { cwd: &cwd, sysroot };
+    let cwd = resolver.resolve_path(&cwd)?;
 
     let mut files = BTreeSet::new();
     let file_paths = std::iter::once(job.src.as_str())
@@ -188,16 +187,18 @@ fn is_file(path: &Path) -> bool {
 
 /// Makes paths absolute against the cwd and checks them.
 struct Resolver<'a> {
+    /// Absolute and normalised.
     cwd: &'a Path,
-    sysroot: PathBuf,
+    /// Absolute and normalised, when known.
+    sysroot: Option<PathBuf>,
 }
 
 impl Resolver<'_> {
     fn resolve(&self, path: &str) -> Result<PathBuf, InputError> {
-        self.resolve_dir(Path::new(path))
+        self.resolve_path(Path::new(path))
     }
 
-    fn resolve_dir(&self, path: &Path) -> Result<PathBuf, InputError> {
+    fn resolve_path(&self, path: &Path) -> Result<PathBuf, InputError> {
         let path = normalize(&self.cwd.join(path));
         if !path.is_absolute() {
             return Err(InputError::NotAbsolute(path));
@@ -209,7 +210,9 @@ impl Resolver<'_> {
     }
 
     fn in_sysroot(&self, path: &Path) -> bool {
-        self.sysroot.is_absolute() && path.starts_with(&self.sysroot)
+        self.sysroot
+            .as_ref()
+            .is_some_and(|sysroot| path.starts_with(sysroot))
     }
 }
 
@@ -269,6 +272,7 @@ mod tests {
         job: CompileJob,
         depinfo: DepInfo,
         cwd: &'static str,
+        sysroot: &'static str,
         env: Vec<(String, String)>,
         expected: Result<InputPlan, InputError>,
     }
@@ -295,6 +299,7 @@ mod tests {
                     "../shared/outside.rs",
                 ]),
                 cwd: "/w/ddtest",
+                sysroot: SYSROOT,
                 env: vec![],
                 expected: Ok(InputPlan {
                     files: paths(&[
@@ -322,6 +327,7 @@ mod tests {
                     "/w/t/release/build/zstd-sys-c2d3/out/gen.rs",
                 ]),
                 cwd: "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/zstd-sys-2.0.16",
+                sysroot: SYSROOT,
                 env: vec![
                     (
                         "OUT_DIR".into(),
@@ -351,6 +357,7 @@ mod tests {
                 ),
                 depinfo: depinfo(&["src/lib.rs"]),
                 cwd: "/w/a",
+                sysroot: SYSROOT,
                 env: vec![],
                 expected: Ok(InputPlan {
                     files: paths(&["/w/a/src/lib.rs"]),
@@ -363,6 +370,7 @@ mod tests {
                 job: job("--crate-name a src/lib.rs --crate-type rlib -L ../libs -Lall=/w/all"),
                 depinfo: depinfo(&["src/lib.rs"]),
                 cwd: "/w/a/./b/..",
+                sysroot: SYSROOT,
                 env: vec![],
                 expected: Ok(InputPlan {
                     files: paths(&["/w/a/src/lib.rs"]),
@@ -386,6 +394,7 @@ mod tests {
                     "/root/.rustup/toolchains/stable-x86_64-unknown-linux-gnu-old/lib/x.rmeta",
                 ]),
                 cwd: "/w",
+                sysroot: SYSROOT,
                 env: vec![],
                 expected: Ok(InputPlan {
                     files: paths(&[
@@ -397,10 +406,24 @@ mod tests {
                 }),
             },
             Case {
+                name: "an empty sysroot excludes nothing",
+                job: job("--crate-name a src/lib.rs --crate-type lib --out-dir /w/o"),
+                depinfo: depinfo(&["src/lib.rs", STD]),
+                cwd: "/w",
+                sysroot: "",
+                env: vec![],
+                expected: Ok(InputPlan {
+                    files: paths(&[STD, "/w/src/lib.rs"]),
+                    dirs: paths(&["/w", "/w/o"]),
+                    output_dirs: paths(&["/w/o"]),
+                }),
+            },
+            Case {
                 name: "a dep-info file under /proc",
                 job: job("--crate-name a src/lib.rs --crate-type lib"),
                 depinfo: depinfo(&["src/lib.rs", "/proc/self/environ"]),
                 cwd: "/w",
+                sysroot: SYSROOT,
                 env: vec![],
                 expected: Err(InputError::ForbiddenPath(PathBuf::from(
                     "/proc/self/environ",
@@ -411,6 +434,7 @@ mod tests {
                 job: job("--crate-name a src/lib.rs --crate-type lib"),
                 depinfo: depinfo(&["src/lib.rs", "../../../dev/../dev/null"]),
                 cwd: "/w/a",
+                sysroot: SYSROOT,
                 env: vec![],
                 expected: Err(InputError::ForbiddenPath(PathBuf::from("/dev/null"))),
             },
@@ -419,6 +443,7 @@ mod tests {
                 job: job("--crate-name a src/lib.rs --crate-type lib -L native=/sys/kernel"),
                 depinfo: depinfo(&["src/lib.rs"]),
                 cwd: "/w",
+                sysroot: SYSROOT,
                 env: vec![],
                 expected: Err(InputError::ForbiddenPath(PathBuf::from("/sys/kernel"))),
             },
@@ -429,6 +454,7 @@ mod tests {
                 ),
                 depinfo: depinfo(&[]),
                 cwd: "/process",
+                sysroot: SYSROOT,
                 env: vec![],
                 expected: Ok(InputPlan {
                     files: paths(&["/process/src/lib.rs"]),
@@ -441,6 +467,7 @@ mod tests {
                 job: job("--crate-name a src/lib.rs --crate-type lib"),
                 depinfo: depinfo(&["src/lib.rs"]),
                 cwd: "w/a",
+                sysroot: SYSROOT,
                 env: vec![],
                 expected: Err(InputError::NotAbsolute(PathBuf::from("w/a"))),
             },
@@ -450,7 +477,7 @@ mod tests {
                 &case.job,
                 &case.depinfo,
                 Path::new(case.cwd),
-                Path::new(SYSROOT),
+                Path::new(case.sysroot),
                 &case.env,
             );
             assert_eq!(got, case.expected, "{}", case.name);
@@ -561,96 +588,5 @@ mod tests {
             });
             assert_eq!(got, expected, "{name}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tmp_e2e {
-    use super::*;
-    use crate::argv::{Classification, classify, prepass_args};
-
-    #[test]
-    fn replay_cargo_log() {
-        let Ok(log) = std::fs::read_to_string("/tmp/ddtest/argv.log") else {
-            return;
-        };
-        let mut summary = std::collections::BTreeMap::<String, usize>::new();
-        for line in log.lines() {
-            let parts: Vec<&str> = line.split('\x1e').collect();
-            let (cwd, envfile, rustc) = (parts[0], parts[1], parts[2]);
-            let args: Vec<String> = parts[3]
-                .split('\x1f')
-                .filter(|a| !a.is_empty())
-                .map(str::to_owned)
-                .collect();
-            let env_text = std::fs::read(format!("/tmp/ddtest/env/{envfile}")).unwrap();
-            let env: Vec<(String, String)> = env_text
-                .split(|b| *b == 0)
-                .filter(|kv| !kv.is_empty())
-                .filter_map(|kv| {
-                    let s = String::from_utf8_lossy(kv).into_owned();
-                    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))
-                })
-                .collect();
-            let name = args
-                .iter()
-                .position(|a| a == "--crate-name")
-                .map(|i| args[i + 1].clone())
-                .unwrap_or_default();
-            let job = match classify(&args) {
-                Classification::Local(reason) => {
-                    *summary.entry(format!("local: {reason}")).or_default() += 1;
-                    eprintln!("LOCAL {name}: {reason}");
-                    continue;
-                }
-                Classification::Distribute(job) => job,
-            };
-            *summary.entry("distribute".into()).or_default() += 1;
-            let tmp = tempfile::tempdir().unwrap();
-            let d = tmp.path().join("pre.d");
-            let pre = prepass_args(&args, d.to_str().unwrap());
-            let out = std::process::Command::new(rustc)
-                .args(&pre)
-                .current_dir(cwd)
-                .env_clear()
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .env("RUSTC_BOOTSTRAP", "1")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let text = std::fs::read_to_string(&d).unwrap();
-            let info = crate::depinfo::parse(&text).unwrap();
-            let sysroot = String::from_utf8(
-                std::process::Command::new(rustc)
-                    .arg("--print=sysroot")
-                    .output()
-                    .unwrap()
-                    .stdout,
-            )
-            .unwrap();
-            let p = plan(&job, &info, Path::new(cwd), Path::new(sysroot.trim()), &env).unwrap();
-            for f in &p.files {
-                assert!(f.is_file(), "{name}: {} missing", f.display());
-            }
-            let natives: Vec<_> = p
-                .files
-                .iter()
-                .filter(|f| f.extension().is_some_and(|e| e == "a"))
-                .collect();
-            eprintln!(
-                "REMOTE {name} emit={:?} files={} dirs={:?} out={:?} env={:?} natives={natives:?} stderr_lines={}",
-                job.emit,
-                p.files.len(),
-                p.dirs,
-                p.output_dirs,
-                info.env,
-                String::from_utf8_lossy(&out.stderr).lines().count()
-            );
-        }
-        eprintln!("{summary:#?}");
     }
 }

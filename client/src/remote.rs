@@ -124,6 +124,17 @@ fn prepare(
     // binary, which it does (rustup resolves its proxy first).
     let sysroot =
         distcc_rs_pack::locate_sysroot(rustc).map_err(|e| FarmError::Toolchain(e.to_string()))?;
+    let cache = config.cache_dir.join("toolchains");
+    let bundle = distcc_rs_pack::ensure_cached(&cache, rustc, &PackOptions::default())
+        .map_err(|e| FarmError::Toolchain(e.to_string()))?;
+    // The bundle holds the standard library of its host target only.
+    if let Some(target) = &job.target
+        && *target != bundle.manifest.host
+    {
+        return Err(FarmError::Toolchain(format!(
+            "the bundle has no standard library for target {target}"
+        )));
+    }
     let cwd = std::env::current_dir()
         .map_err(|e| FarmError::Inputs(format!("no working directory: {e}")))?;
 
@@ -179,10 +190,6 @@ fn prepare(
         });
         paths.insert(digest, path.clone());
     }
-    let cache = config.cache_dir.join("toolchains");
-    let bundle = distcc_rs_pack::ensure_cached(&cache, rustc, &PackOptions::default())
-        .map_err(|e| FarmError::Toolchain(e.to_string()))?;
-
     let request = JobRequest {
         ticket: placeholder_ticket(bundle.id),
         crate_name: job.crate_name.clone(),

@@ -54,10 +54,11 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
     };
     let job = match argv::classify(&expanded) {
         Classification::Local(reason) => {
-            let name = crate_name_of(&expanded);
+            let name = flag_values(&expanded, "--crate-name").into_iter().next();
+            let types = flag_values(&expanded, "--crate-type");
             record(
                 name,
-                vec![],
+                types,
                 Placement::Local,
                 None,
                 Some(reason.to_string()),
@@ -123,7 +124,37 @@ fn exec_local(rustc: &Path, args: &[OsString]) -> i32 {
     1
 }
 
-fn crate_name_of(args: &[String]) -> Option<String> {
-    let i = args.iter().position(|a| a == "--crate-name")?;
-    args.get(i + 1).cloned()
+/// Every value of a flag given as `--flag value` or `--flag=value`, for the
+/// event log of jobs that `argv::classify` did not parse into a job.
+fn flag_values(args: &[String], flag: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, a) in args.iter().enumerate() {
+        if a == flag {
+            out.extend(args.get(i + 1).cloned());
+        } else if let Some(v) = a.strip_prefix(flag).and_then(|v| v.strip_prefix('=')) {
+            out.push(v.to_owned());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_values_in_both_spellings() {
+        let args: Vec<String> = [
+            "--crate-name",
+            "build_script_build",
+            "--crate-type=bin",
+            "--crate-type",
+            "lib",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(flag_values(&args, "--crate-name"), ["build_script_build"]);
+        assert_eq!(flag_values(&args, "--crate-type"), ["bin", "lib"]);
+    }
 }

@@ -71,7 +71,10 @@ pub fn classify(line: &[u8]) -> Line {
             let message = v.get("message").and_then(Value::as_str).unwrap_or_default();
             let missing_input = MISSING_INPUT_CODES.contains(&code)
                 || message.starts_with("couldn't read")
-                || message.starts_with("file not found for module");
+                || message.starts_with("file not found for module")
+                // A `#[link(kind = "static")]` in the source names an
+                // archive the command line does not, so it was not shipped.
+                || message.starts_with("could not find native static library");
             Line::Error { missing_input }
         }
         _ => Line::OtherJson,
@@ -96,9 +99,30 @@ pub enum Verdict {
     FarmFailure(String),
 }
 
+/// Text that only a failed sandbox or loader prints, never rustc.
+const INFRASTRUCTURE_MARKERS: &[&str] = &[
+    "bwrap:",
+    "error while loading shared libraries",
+    "cannot open shared object file",
+];
+
+/// Whether rustc was asked for JSON diagnostics, which is how cargo always
+/// runs it. Build-script probes (`autocfg`, proc-macro2's feature probe)
+/// call rustc through the wrapper without it.
+pub fn expects_json(args: &[String]) -> bool {
+    args.iter().enumerate().any(|(i, a)| {
+        a.strip_prefix("--error-format=")
+            .is_some_and(|v| v.starts_with("json"))
+            || (a == "--error-format" && args.get(i + 1).is_some_and(|v| v.starts_with("json")))
+    })
+}
+
 /// The state machine described in the module docs.
 #[derive(Debug, Default)]
 pub struct Gate {
+    /// Without JSON there is no "rustc is running" signal: text is held to
+    /// the end and judged by [`INFRASTRUCTURE_MARKERS`].
+    plain_text: bool,
     seen_json: bool,
     after_error: bool,
     missing_input: bool,
@@ -106,6 +130,14 @@ pub struct Gate {
 }
 
 impl Gate {
+    /// A gate for a run that uses JSON diagnostics (`expects_json`) or not.
+    pub fn new(expects_json: bool) -> Self {
+        Gate {
+            plain_text: !expects_json,
+            ..Gate::default()
+        }
+    }
+
     /// Decides what to do with one line. Held lines are kept by the gate.
     pub fn line(&mut self, line: &[u8]) -> (Action, Vec<Vec<u8>>) {
         let kind = classify(line);
@@ -138,6 +170,25 @@ impl Gate {
 
     /// Judges the run once rustc has exited with `code`.
     pub fn finish(self, code: i32) -> Verdict {
+        if code != 0 && self.plain_text && !self.seen_json {
+            let text = String::from_utf8_lossy(&self.held.concat()).into_owned();
+            let broken = text.trim().is_empty()
+                || text
+                    .lines()
+                    .any(|l| INFRASTRUCTURE_MARKERS.iter().any(|m| l.contains(m)));
+            return if broken {
+                Verdict::FarmFailure(format!(
+                    "the sandbox or the toolchain failed (exit {code}): {}",
+                    if text.trim().is_empty() {
+                        "no output"
+                    } else {
+                        text.trim()
+                    }
+                ))
+            } else {
+                Verdict::Stands(self.held)
+            };
+        }
         if code != 0 && !self.seen_json {
             let text = String::from_utf8_lossy(&self.held.concat())
                 .trim()
@@ -168,6 +219,42 @@ mod tests {
     const DEPINFO: &[u8] = br#"{"$message_type":"artifact","artifact":"/p/target/debug/deps/x-1.d","emit":"dep-info"}"#;
 
     #[test]
+    fn json_is_detected_in_both_spellings() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(expects_json(&args(&["--error-format=json", "x.rs"])));
+        assert!(expects_json(&args(&["--error-format", "json"])));
+        assert!(!expects_json(&args(&["--crate-type=lib", "probe.rs"])));
+        assert!(!expects_json(&args(&["--error-format=short"])));
+    }
+
+    #[test]
+    fn a_plain_text_compile_error_stands() {
+        let mut g = Gate::new(false);
+        g.line(b"error[E0554]: `#![feature]` may not be used on the stable release channel");
+        g.line(b"error: aborting due to 1 previous error");
+        assert!(matches!(g.finish(1), Verdict::Stands(lines) if lines.len() == 2));
+    }
+
+    #[test]
+    fn a_plain_text_run_whose_sandbox_failed_is_the_farms_fault() {
+        for text in [
+            &b"bwrap: Can't mount proc on /newroot/proc"[..],
+            b"",
+            b"/x/rustc: error while loading shared libraries: libLLVM.so",
+        ] {
+            let mut g = Gate::new(false);
+            if !text.is_empty() {
+                g.line(text);
+            }
+            assert!(
+                matches!(g.finish(1), Verdict::FarmFailure(_)),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    #[test]
     fn lines_are_classified() {
         assert_eq!(classify(b"bwrap: Can't mount proc"), Line::Text);
         assert_eq!(classify(b"{not json"), Line::Text);
@@ -195,7 +282,7 @@ mod tests {
 
     #[test]
     fn a_clean_build_streams_everything_and_sends_the_rmeta_first() {
-        let mut g = Gate::default();
+        let mut g = Gate::new(true);
         assert_eq!(g.line(DEPINFO).0, Action::Forward);
         assert_eq!(g.line(WARN).0, Action::Forward);
         assert_eq!(
@@ -207,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_genuine_compile_error_stands_and_is_released_at_exit() {
-        let mut g = Gate::default();
+        let mut g = Gate::new(true);
         assert_eq!(g.line(WARN).0, Action::Forward);
         assert_eq!(g.line(ERR).0, Action::Hold);
         assert_eq!(g.line(WARN).0, Action::Hold);
@@ -219,7 +306,7 @@ mod tests {
 
     #[test]
     fn a_missing_crate_is_the_farms_fault() {
-        let mut g = Gate::default();
+        let mut g = Gate::new(true);
         g.line(MISSING);
         g.line(ERR);
         assert!(matches!(g.finish(1), Verdict::FarmFailure(_)));
@@ -227,7 +314,7 @@ mod tests {
 
     #[test]
     fn a_sandbox_that_never_started_rustc_is_the_farms_fault() {
-        let mut g = Gate::default();
+        let mut g = Gate::new(true);
         assert_eq!(
             g.line(b"bwrap: setting up uid map: Permission denied").0,
             Action::Hold
@@ -240,7 +327,7 @@ mod tests {
 
     #[test]
     fn text_before_json_is_released_once_rustc_is_known_to_run() {
-        let mut g = Gate::default();
+        let mut g = Gate::new(true);
         assert_eq!(g.line(b"some RUSTC_LOG line").0, Action::Hold);
         let (action, released) = g.line(WARN);
         assert_eq!(action, Action::Forward);
@@ -250,7 +337,7 @@ mod tests {
 
     #[test]
     fn a_successful_run_without_json_keeps_its_text() {
-        let mut g = Gate::default();
+        let mut g = Gate::new(true);
         g.line(b"plain output");
         assert_eq!(g.finish(0), Verdict::Stands(vec![b"plain output".to_vec()]));
     }

@@ -17,7 +17,7 @@ use distcc_rs_proto::{Digest, Ticket};
 use tokio::io::AsyncBufReadExt;
 use tracing::{debug, info, warn};
 
-use crate::diagnostics::{Action, Gate, Verdict};
+use crate::diagnostics::{self, Action, Gate, Verdict};
 use crate::manifest::{self, ValidJob};
 use crate::sandbox::SandboxPlan;
 use crate::server::Shared;
@@ -306,7 +306,7 @@ async fn compile(
 
     let inputs: HashSet<&Path> = job.files.iter().map(|(_, rel)| rel.as_path()).collect();
     let mut sent: HashSet<PathBuf> = HashSet::new();
-    let mut gate = Gate::default();
+    let mut gate = Gate::new(diagnostics::expects_json(&req.args));
     let stderr = child.stderr.take().expect("stderr is piped");
     let mut lines = tokio::io::BufReader::new(stderr).split(b'\n');
     while let Some(line) = lines

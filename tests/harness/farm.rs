@@ -1,0 +1,411 @@
+//! Schedulers and nodes running as real processes on loopback, and the
+//! environment that points a cargo build at them.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use distcc_rs_proto::message::FarmStatus;
+
+use crate::bins;
+use crate::process::{ChildGuard, run_with_timeout, tail_of_file};
+
+/// How long a daemon may take to print its readiness line.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `distcc-rs status` may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(20);
+/// How many of a daemon's last stdout lines are kept for error messages.
+const TAIL_LINES: usize = 50;
+
+/// A daemon process: its guard, the tail of its stdout, and its log file.
+#[derive(Debug)]
+struct Daemon {
+    guard: ChildGuard,
+    stdout_tail: Arc<Mutex<VecDeque<String>>>,
+    stderr_log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `command` with stdout piped and stderr written to `stderr_log`,
+    /// and waits until it prints a line for which `ready` returns a value.
+    fn spawn<T>(
+        mut command: Command,
+        label: &str,
+        stderr_log: PathBuf,
+        mut ready: impl FnMut(&str) -> Option<T>,
+    ) -> (Daemon, T) {
+        let log = File::create(&stderr_log)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", stderr_log.display()));
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label} ({command:?}): {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut daemon = Daemon {
+            guard: ChildGuard::new(child, label),
+            stdout_tail: Arc::new(Mutex::new(VecDeque::new())),
+            stderr_log,
+        };
+
+        // The reader thread keeps draining stdout for the daemon's whole life
+        // (a full pipe would block the daemon) and forwards lines to us until
+        // we stop listening. It ends when the daemon's stdout closes.
+        let (lines_tx, lines_rx) = mpsc::channel();
+        let tail = Arc::clone(&daemon.stdout_tail);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                {
+                    let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                    if tail.len() == TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line.clone());
+                }
+                let _ = lines_tx.send(line);
+            }
+        });
+
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            match lines_rx.recv_timeout(timeout) {
+                Ok(line) => {
+                    if let Some(value) = ready(&line) {
+                        return (daemon, value);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let diagnostics = daemon.diagnostics();
+                    panic!(
+                        "{label} printed no readiness line within {STARTUP_TIMEOUT:?}\n{diagnostics}"
+                    );
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = daemon.guard.wait_timeout(Duration::from_secs(10));
+                    let diagnostics = daemon.diagnostics();
+                    panic!(
+                        "{label} closed its stdout before it was ready (exit status {status:?})\n{diagnostics}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The last lines of the daemon's stdout and stderr.
+    fn diagnostics(&self) -> String {
+        let stdout: Vec<String> = self
+            .stdout_tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        format!(
+            "--- {} stdout (last lines) ---\n{}\n--- stderr ({}) ---\n{}",
+            self.guard.label(),
+            stdout.join("\n"),
+            self.stderr_log.display(),
+            tail_of_file(&self.stderr_log, 40),
+        )
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // When a test fails, what the daemons said is usually the reason;
+        // libtest shows captured output of failed tests only.
+        if std::thread::panicking() {
+            eprintln!("{}", self.diagnostics());
+        }
+    }
+}
+
+/// A running `distcc-rs-scheduler`, killed when dropped.
+#[derive(Debug)]
+pub struct Scheduler {
+    daemon: Daemon,
+    addr: SocketAddr,
+}
+
+impl Scheduler {
+    /// Starts a scheduler on a free loopback port with its state under
+    /// `dir/scheduler`, and waits until it says it is listening.
+    pub fn start(dir: &Path) -> Scheduler {
+        Scheduler::start_with_args(dir, &[])
+    }
+
+    /// Like [`Scheduler::start`], with extra command-line arguments.
+    pub fn start_with_args(dir: &Path, extra_args: &[&str]) -> Scheduler {
+        let state_dir = dir.join("scheduler");
+        std::fs::create_dir_all(&state_dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", state_dir.display()));
+        let mut command = Command::new(bins::binary(bins::SCHEDULER));
+        command
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(extra_args);
+        let (daemon, addr) = Daemon::spawn(
+            command,
+            "scheduler",
+            dir.join("scheduler.log"),
+            parse_listening_line,
+        );
+        Scheduler { daemon, addr }
+    }
+
+    /// The address the scheduler accepts connections on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Kills the scheduler immediately (SIGKILL).
+    pub fn kill(&mut self) {
+        self.daemon.guard.kill();
+    }
+}
+
+/// A running `distcc-rs-node`, killed when dropped.
+#[derive(Debug)]
+pub struct Node {
+    daemon: Daemon,
+    name: String,
+    addr: Option<SocketAddr>,
+}
+
+impl Node {
+    /// Starts a node with two slots, registered with the scheduler at
+    /// `scheduler`, its work directory under `dir/node-<name>`, and waits
+    /// until it says it is registered.
+    ///
+    /// The node runs with an emptied environment (a system `PATH`, `HOME`
+    /// set to its work directory, and `RUST_LOG` if the test has one), so it
+    /// cannot lean on the Rust installation of the machine it runs on: it has
+    /// to use the toolchain bundle it fetched.
+    pub fn start(dir: &Path, scheduler: SocketAddr, name: &str, extra_args: &[&str]) -> Node {
+        let work_dir = dir.join(format!("node-{name}"));
+        std::fs::create_dir_all(&work_dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", work_dir.display()));
+        let mut command = Command::new(bins::binary(bins::NODE));
+        command
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", &work_dir);
+        if let Some(filter) = std::env::var_os("RUST_LOG") {
+            command.env("RUST_LOG", filter);
+        }
+        command
+            .arg("--scheduler")
+            .arg(scheduler.to_string())
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--work-dir")
+            .arg(&work_dir)
+            .arg("--name")
+            .arg(name)
+            .arg("--slots")
+            .arg("2")
+            .args(extra_args);
+        let (daemon, addr) = Daemon::spawn(
+            command,
+            &format!("node {name}"),
+            dir.join(format!("node-{name}.log")),
+            |line| {
+                line.contains("registered")
+                    .then(|| parse_listening_line(line))
+            },
+        );
+        Node {
+            daemon,
+            name: name.to_owned(),
+            addr,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address the node accepts jobs on, if its readiness line said.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// Kills the node and everything it started immediately (SIGKILL), as if
+    /// its machine had lost power.
+    pub fn kill(&mut self) {
+        self.daemon.guard.kill();
+    }
+}
+
+/// Parses the address from a line like `... listening on 127.0.0.1:4000` or
+/// `... listening on 127.0.0.1:4000, registered with ...`.
+fn parse_listening_line(line: &str) -> Option<SocketAddr> {
+    let (_, rest) = line.rsplit_once("listening on ")?;
+    let word = rest.split_whitespace().next()?;
+    word.trim_end_matches([',', ';', '.']).parse().ok()
+}
+
+/// A loopback port with nothing listening on it, for pointing clients at a
+/// scheduler that is down. The farm speaks QUIC, so the port is a UDP one;
+/// it is free once the probing socket is dropped (another process could take
+/// it in between, which on a test machine is unlikely enough).
+pub fn free_loopback_port() -> u16 {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket on loopback");
+    socket
+        .local_addr()
+        .expect("a bound socket has an address")
+        .port()
+}
+
+/// Asks the scheduler for the farm's status with `distcc-rs status --json`.
+pub fn try_status(scheduler: SocketAddr) -> anyhow::Result<FarmStatus> {
+    let mut command = Command::new(bins::binary(bins::CLIENT));
+    command
+        .arg("status")
+        .arg("--scheduler")
+        .arg(scheduler.to_string())
+        .arg("--json");
+    let output = run_with_timeout(&mut command, STATUS_TIMEOUT)?;
+    anyhow::ensure!(
+        output.status.success(),
+        "`distcc-rs status` failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "`distcc-rs status --json` printed something that is not a FarmStatus: {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// Like [`try_status`], panicking on failure.
+pub fn status(scheduler: SocketAddr) -> FarmStatus {
+    try_status(scheduler).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Everything a cargo build needs to compile through the farm.
+#[derive(Debug, Clone)]
+pub struct FarmEnv {
+    /// Where the client finds the scheduler.
+    pub scheduler: SocketAddr,
+    /// The client's cache (packed toolchains).
+    pub cache_dir: PathBuf,
+    /// Where the client's event log and debug log go.
+    pub log_dir: PathBuf,
+    /// Further variables for the client, set after the standard ones.
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl FarmEnv {
+    /// A farm environment using the run's shared cache, logging into
+    /// `log_dir` (which is created).
+    pub fn new(scheduler: SocketAddr, log_dir: &Path) -> FarmEnv {
+        std::fs::create_dir_all(log_dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_dir.display()));
+        FarmEnv {
+            scheduler,
+            cache_dir: bins::shared_cache_dir(),
+            log_dir: log_dir.to_path_buf(),
+            extra_env: Vec::new(),
+        }
+    }
+
+    /// The file the client appends one JSON line per invocation to.
+    pub fn events_path(&self) -> PathBuf {
+        self.log_dir.join("events.jsonl")
+    }
+
+    /// The client's debug log.
+    pub fn client_log_path(&self) -> PathBuf {
+        self.log_dir.join("client.log")
+    }
+
+    /// The environment variables that make cargo compile through the farm.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        let mut vars = vec![
+            (
+                "RUSTC_WRAPPER".to_owned(),
+                path(&bins::binary(bins::CLIENT)),
+            ),
+            ("DISTCC_RS_SCHEDULER".to_owned(), self.scheduler.to_string()),
+            ("DISTCC_RS_CACHE_DIR".to_owned(), path(&self.cache_dir)),
+            ("DISTCC_RS_EVENTS".to_owned(), path(&self.events_path())),
+            ("DISTCC_RS_LOG".to_owned(), "debug".to_owned()),
+            (
+                "DISTCC_RS_LOG_FILE".to_owned(),
+                path(&self.client_log_path()),
+            ),
+        ];
+        vars.extend(self.extra_env.iter().cloned());
+        vars
+    }
+
+    /// The client's events so far.
+    pub fn events(&self) -> Vec<crate::Event> {
+        crate::read_events(&self.events_path())
+    }
+
+    /// The end of the client's debug log, for failure messages: the last
+    /// `lines` lines from distcc-rs itself and warnings or errors from
+    /// anything, leaving out the TLS and QUIC libraries' debug chatter.
+    pub fn client_log_tail(&self, lines: usize) -> String {
+        let path = self.client_log_path();
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => return format!("<cannot read {}: {e}>", path.display()),
+        };
+        let relevant: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("distcc_rs") || l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        format!(
+            "({}, filtered)\n{}",
+            path.display(),
+            relevant[relevant.len().saturating_sub(lines)..].join("\n")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_readiness_lines() {
+        assert_eq!(
+            parse_listening_line("distcc-rs-scheduler listening on 127.0.0.1:4433"),
+            Some("127.0.0.1:4433".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listening_line(
+                "distcc-rs-node n1 listening on 127.0.0.1:5000, registered with 127.0.0.1:4433"
+            ),
+            Some("127.0.0.1:5000".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listening_line("listening on [::1]:7000"),
+            Some("[::1]:7000".parse().unwrap())
+        );
+        assert_eq!(parse_listening_line("starting up"), None);
+    }
+
+    #[test]
+    fn free_port_is_nonzero() {
+        assert_ne!(free_loopback_port(), 0);
+    }
+}
