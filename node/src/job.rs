@@ -285,6 +285,7 @@ async fn compile(
         bundle: &toolchain.manifest,
         cwd: &req.cwd,
         args: &req.args,
+        writable: &job.output_dirs,
     };
     let (program, args) = plan.command();
     let mut child = tokio::process::Command::new(&program)

@@ -2,7 +2,8 @@
 //!
 //! The job root is a directory on the node that holds the client's files at
 //! their client-side absolute paths. bubblewrap makes that directory the
-//! sandbox's `/`, mounts the toolchain read-only at [`TOOLCHAIN_MOUNT`], and
+//! sandbox's `/`, read-only except for the job's output directories and
+//! `/tmp`, mounts the toolchain read-only at [`TOOLCHAIN_MOUNT`], and
 //! gives the job fresh user, pid, network, ipc, uts and cgroup namespaces, so
 //! rustc sees the client's paths exactly (byte-identical output needs that)
 //! and has no network. rustc is started through the bundle's own dynamic
@@ -30,6 +31,8 @@ pub struct SandboxPlan<'a> {
     /// rustc's working directory, as an absolute client path.
     pub cwd: &'a str,
     pub args: &'a [String],
+    /// Directories, relative to the job root, that rustc may write to.
+    pub writable: &'a [PathBuf],
 }
 
 impl SandboxPlan<'_> {
@@ -45,9 +48,19 @@ impl SandboxPlan<'_> {
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
         push(&["--die-with-parent", "--new-session", "--unshare-all"]);
-        a.push("--bind".into());
+        // Inputs are hard links into the node's blob store: writing through
+        // one would corrupt the blob for every later job, so the tree is
+        // read-only but for where rustc writes.
+        a.push("--ro-bind".into());
         a.push(self.root.into());
         a.push("/".into());
+        for dir in
+            std::iter::once(Path::new("tmp")).chain(self.writable.iter().map(PathBuf::as_path))
+        {
+            a.push("--bind".into());
+            a.push(self.root.join(dir).into());
+            a.push(Path::new("/").join(dir).into());
+        }
         a.push("--ro-bind".into());
         a.push(self.toolchain.into());
         a.push(TOOLCHAIN_MOUNT.into());
@@ -91,6 +104,7 @@ mod tests {
             bundle: &b,
             cwd: "/home/u/p",
             args: &args,
+            writable: &[PathBuf::from("home/u/p/target/deps")],
         };
         let (prog, argv) = plan.command();
         assert_eq!(prog, Path::new("/usr/bin/bwrap"));
@@ -100,7 +114,18 @@ mod tests {
             joined.contains("--unshare-all"),
             "no network, fresh namespaces: {joined}"
         );
-        assert!(joined.contains("--bind /var/n/jobs/j1/root / "));
+        assert!(
+            joined.contains("--ro-bind /var/n/jobs/j1/root / "),
+            "inputs are read-only"
+        );
+        assert!(joined.contains("--bind /var/n/jobs/j1/root/tmp /tmp "));
+        assert!(
+            joined
+                .contains("--bind /var/n/jobs/j1/root/home/u/p/target/deps /home/u/p/target/deps ")
+        );
+        let ro = joined.find("--ro-bind /var/n/jobs/j1/root /").unwrap();
+        let rw = joined.find("--bind /var/n/jobs/j1/root/home").unwrap();
+        assert!(ro < rw, "writable binds must come after the read-only root");
         assert!(joined.contains("--ro-bind /var/n/toolchains/abc /.distcc-rs/toolchain "));
         assert!(joined.contains("--chdir /home/u/p --"));
         let tail: Vec<&str> = argv
