@@ -65,6 +65,7 @@ async fn session(
     .await?;
     match r.recv::<RegisterResponse>().await? {
         RegisterResponse::Registered { ticket_key } => {
+            shared.forget_jobs();
             *shared.ticket_key.lock().unwrap_or_else(|e| e.into_inner()) = Some(ticket_key);
             *shared.scheduler.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         }

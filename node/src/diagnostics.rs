@@ -24,6 +24,16 @@ const MISSING_INPUT_CODES: &[&str] = &[
     "E0460", "E0461", "E0462", "E0463", "E0464", "E0514", "E0519", "E0523", "E0583", "E0786",
 ];
 
+/// Text in an error diagnostic that points at the machine rather than the
+/// code: an operating system error, or a shared library that would not load.
+const NODE_TROUBLE: &[&str] = &["(os error ", "cannot open shared object file"];
+
+/// The exit codes rustc itself uses: success, errors, and an internal
+/// compiler error. bubblewrap reports a child killed by signal N as 128+N,
+/// so anything else means rustc was killed (out of memory, a timeout, a
+/// crash) and the job is the farm's failure, not a compile error.
+const RUSTC_EXIT_CODES: &[i32] = &[0, 1, 101];
+
 /// What one stderr line is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {
@@ -69,12 +79,21 @@ pub fn classify(line: &[u8]) -> Line {
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             let message = v.get("message").and_then(Value::as_str).unwrap_or_default();
+            let rendered = v
+                .get("rendered")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let missing_input = MISSING_INPUT_CODES.contains(&code)
                 || message.starts_with("couldn't read")
                 || message.starts_with("file not found for module")
                 // A `#[link(kind = "static")]` in the source names an
                 // archive the command line does not, so it was not shipped.
-                || message.starts_with("could not find native static library");
+                || message.starts_with("could not find native static library")
+                // The node's own trouble (a full disk, a library missing
+                // from the bundle for a proc-macro, a file a proc-macro
+                // wanted outside the package): the local rerun tells the
+                // genuine case apart by failing the same way.
+                || NODE_TROUBLE.iter().any(|t| rendered.contains(t) || message.contains(t));
             Line::Error { missing_input }
         }
         _ => Line::OtherJson,
@@ -170,6 +189,14 @@ impl Gate {
 
     /// Judges the run once rustc has exited with `code`.
     pub fn finish(self, code: i32) -> Verdict {
+        if !RUSTC_EXIT_CODES.contains(&code) {
+            let how = if code > 128 {
+                format!("signal {}", code - 128)
+            } else {
+                format!("exit code {code}")
+            };
+            return Verdict::FarmFailure(format!("rustc was killed on the node ({how})"));
+        }
         if code != 0 && self.plain_text && !self.seen_json {
             let text = String::from_utf8_lossy(&self.held.concat()).into_owned();
             let broken = text.trim().is_empty()
@@ -250,6 +277,40 @@ mod tests {
                 matches!(g.finish(1), Verdict::FarmFailure(_)),
                 "{}",
                 String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    #[test]
+    fn a_killed_rustc_is_the_farms_fault_even_after_metadata() {
+        for code in [137, 139, 134, 2] {
+            let mut g = Gate::new(true);
+            g.line(META);
+            assert!(
+                matches!(g.finish(code), Verdict::FarmFailure(_)),
+                "exit {code}"
+            );
+        }
+        let mut g = Gate::new(true);
+        g.line(META);
+        assert_eq!(
+            g.finish(101),
+            Verdict::Stands(vec![]),
+            "an ICE is rustc's own verdict"
+        );
+    }
+
+    #[test]
+    fn os_errors_in_diagnostics_are_the_nodes_trouble() {
+        let disk = br#"{"$message_type":"diagnostic","message":"failed to write lib.rmeta: No space left on device (os error 28)","code":null,"level":"error","rendered":"error: failed"}"#;
+        let pm = br#"{"$message_type":"diagnostic","message":"proc macro panicked","code":null,"level":"error","rendered":"error: proc macro panicked\n = help: message: cannot read schema.sql: No such file or directory (os error 2)"}"#;
+        let so = br#"{"$message_type":"diagnostic","message":"libssl.so.3: cannot open shared object file: No such file or directory","code":null,"level":"error","rendered":"error: x"}"#;
+        for line in [&disk[..], pm, so] {
+            assert_eq!(
+                classify(line),
+                Line::Error {
+                    missing_input: true
+                }
             );
         }
     }

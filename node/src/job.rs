@@ -57,7 +57,12 @@ pub fn check_ticket(
 /// Serves one job stream from start to end. Errors on the stream itself
 /// (the client went away) are logged; the slot is always released and the
 /// scheduler always told.
-pub async fn serve(shared: Arc<Shared>, mut w: FrameWriter, mut r: FrameReader) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    mut w: FrameWriter,
+    mut r: FrameReader,
+) {
     let req: JobRequest = match r.recv().await {
         Ok(req) => req,
         Err(e) => {
@@ -75,30 +80,41 @@ pub async fn serve(shared: Arc<Shared>, mut w: FrameWriter, mut r: FrameReader) 
         let _ = w.finish();
         return;
     }
+    // From here on the ticket is genuine, so the scheduler counts this job
+    // against a slot: a refusal must tell it, or the slot stays taken until
+    // the assignment expires.
     let limits = manifest::Limits::default();
-    let valid = match manifest::validate(&req, &limits) {
+    let refusal = match manifest::validate(&req, &limits) {
+        Err(e) => Err(JobError::InvalidRequest(e.to_string())),
+        Ok(valid) => match shared.slots.clone().try_acquire_owned() {
+            Err(_) => Err(JobError::Busy),
+            Ok(permit) => Ok((valid, permit)),
+        },
+    };
+    let (valid, _permit) = match refusal {
         Ok(v) => v,
         Err(e) => {
-            warn!(job_id = %job, cause = %e, "refusing invalid job");
-            let _ = w
-                .send(&JobAccept::Rejected(JobError::InvalidRequest(
-                    e.to_string(),
-                )))
-                .await;
+            warn!(job_id = %job, cause = %e, "refusing job");
+            let _ = w.send(&JobAccept::Rejected(e.clone())).await;
             let _ = w.finish();
+            shared.report_refused(job, e);
             return;
         }
-    };
-    let Ok(_permit) = shared.slots.clone().try_acquire_owned() else {
-        let _ = w.send(&JobAccept::Rejected(JobError::Busy)).await;
-        let _ = w.finish();
-        return;
     };
     shared.report(NodeEvent::JobStarted { job });
     let started = Instant::now();
     info!(job_id = %job, crate_name = %req.crate_name, "job started");
 
-    let result = run(&shared, &valid, &mut w, &mut r).await;
+    // The job ends when it ends, when it runs out of time, or when its
+    // client goes away (cargo was interrupted): dropping `run` then kills
+    // rustc and removes the job directory.
+    let timeout = shared.config.job_timeout;
+    let result = tokio::select! {
+        result = tokio::time::timeout(timeout, run(&shared, &valid, &mut w, &mut r)) => {
+            result.unwrap_or(Err(RunError::Job(JobError::Timeout { secs: timeout.as_secs() })))
+        }
+        e = conn.closed() => Err(RunError::Net(NetError::Connection(e))),
+    };
     let outcome = match result {
         Ok(code) => {
             let _ = w.send(&JobEvent::Exited { code }).await;
@@ -169,15 +185,27 @@ async fn run(
     };
 
     let root = JobRoot::create(&shared.jobs_dir, req.ticket.job)?;
-    root.populate(shared, job)?;
+    // Thousands of links and directories: blocking work, done off the
+    // async workers.
+    let placements: Vec<(Digest, PathBuf, bool)> = job
+        .files
+        .iter()
+        .map(|(f, rel)| (f.digest, root.path.join(rel), f.executable))
+        .collect();
+    let dirs: Vec<PathBuf> = job
+        .dirs
+        .iter()
+        .chain(&job.output_dirs)
+        .map(PathBuf::as_path)
+        .chain(SandboxPlan::mount_points().iter().map(Path::new))
+        .map(|d| root.path.join(d))
+        .collect();
+    let store = shared.store.clone();
+    tokio::task::spawn_blocking(move || populate(&store, &dirs, &placements))
+        .await
+        .map_err(|e| io_err("populating the job directory", e))??;
     w.send(&JobEvent::Running).await?;
-    let timeout = shared.config.job_timeout;
-    match tokio::time::timeout(timeout, compile(shared, job, &root.path, &toolchain, w)).await {
-        Ok(result) => result,
-        Err(_) => Err(RunError::Job(JobError::Timeout {
-            secs: timeout.as_secs(),
-        })),
-    }
+    compile(shared, job, &root.path, &toolchain, w).await
 }
 
 async fn receive_blobs(
@@ -187,6 +215,8 @@ async fn receive_blobs(
     r: &mut FrameReader,
 ) -> Result<(), RunError> {
     let mut pending: HashSet<Digest> = missing.iter().copied().collect();
+    let sizes: std::collections::HashMap<Digest, u64> =
+        job.files.iter().map(|(f, _)| (f.digest, f.size)).collect();
     while !pending.is_empty() {
         let header: BlobHeader = r.recv().await?;
         if !pending.remove(&header.digest) {
@@ -195,12 +225,7 @@ async fn receive_blobs(
                 header.digest
             ))));
         }
-        let limit = job
-            .files
-            .iter()
-            .find(|(f, _)| f.digest == header.digest)
-            .map(|(f, _)| f.size)
-            .unwrap_or(0);
+        let limit = sizes.get(&header.digest).copied().unwrap_or(0);
         let mut tmp = shared.store.temp_file().map_err(|e| io_err("store", e))?;
         let (digest, size) = match payload::recv_compressed(r, tmp.as_file_mut(), limit).await {
             Ok(v) => v,
@@ -231,35 +256,35 @@ struct JobRoot {
 
 impl JobRoot {
     fn create(jobs_dir: &Path, job: distcc_rs_proto::JobId) -> Result<Self, RunError> {
-        let path = jobs_dir.join(job.to_string());
-        if path.exists() {
-            fs::remove_dir_all(&path).map_err(|e| io_err("stale job dir", e))?;
-        }
-        fs::create_dir_all(&path).map_err(|e| io_err("job dir", e))?;
+        // Unique even when a restarted scheduler reuses a job id while the
+        // old job of that id still runs here.
+        let path = tempfile::Builder::new()
+            .prefix(&format!("{job}-"))
+            .tempdir_in(jobs_dir)
+            .map_err(|e| io_err("job dir", e))?
+            .keep();
         Ok(JobRoot { path })
     }
+}
 
-    fn populate(&self, shared: &Shared, job: &ValidJob<'_>) -> Result<(), RunError> {
-        for dir in job.dirs.iter().chain(&job.output_dirs) {
-            fs::create_dir_all(self.path.join(dir))
-                .map_err(|e| io_err("creating a directory", e))?;
-        }
-        for mp in SandboxPlan::mount_points() {
-            fs::create_dir_all(self.path.join(mp))
-                .map_err(|e| io_err("creating a mount point", e))?;
-        }
-        for (f, rel) in &job.files {
-            let dest = self.path.join(rel);
-            if let Some(parent) = dest.parent() {
-                fs::create_dir_all(parent).map_err(|e| io_err("creating a directory", e))?;
-            }
-            shared
-                .store
-                .place(&f.digest, &dest, f.executable)
-                .map_err(|e| io_err(&format!("placing {}", f.path), e))?;
-        }
-        Ok(())
+/// Creates a job's directories and places its inputs from the store.
+fn populate(
+    store: &crate::store::BlobStore,
+    dirs: &[PathBuf],
+    placements: &[(Digest, PathBuf, bool)],
+) -> Result<(), RunError> {
+    for dir in dirs {
+        fs::create_dir_all(dir).map_err(|e| io_err("creating a directory", e))?;
     }
+    for (digest, dest, executable) in placements {
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(|e| io_err("creating a directory", e))?;
+        }
+        store
+            .place(digest, dest, *executable)
+            .map_err(|e| io_err(&format!("placing {}", dest.display()), e))?;
+    }
+    Ok(())
 }
 
 impl Drop for JobRoot {
@@ -278,6 +303,14 @@ async fn compile(
     w: &mut FrameWriter,
 ) -> Result<i32, RunError> {
     let req = job.request;
+    let protected: Vec<PathBuf> = job
+        .files
+        .iter()
+        .filter(|(_, rel)| {
+            job.output_dirs.iter().any(|d| rel.starts_with(d)) || rel.starts_with("tmp")
+        })
+        .map(|(_, rel)| rel.clone())
+        .collect();
     let plan = SandboxPlan {
         bwrap: &shared.config.bwrap,
         root,
@@ -286,13 +319,14 @@ async fn compile(
         cwd: &req.cwd,
         args: &req.args,
         writable: &job.output_dirs,
+        protected: &protected,
+        env: &req.env,
     };
     let (program, args) = plan.command();
     let mut child = tokio::process::Command::new(&program)
         .args(&args)
         .env_clear()
-        .envs(req.env.iter().map(|(k, v)| (k, v)))
-        .env("TMPDIR", "/tmp")
+        .envs(SandboxPlan::host_env())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -325,7 +359,7 @@ async fn compile(
             Action::SendOutputThenForward(path) => {
                 // Pipelining: the client writes the .rmeta before it shows
                 // cargo this line, so dependents can start right away.
-                send_output(w, root, &path, &mut sent).await?;
+                send_output(w, root, &job.output_dirs, &path, &mut sent).await?;
                 w.send(&JobEvent::Stderr(with_newline(line))).await?;
             }
         }
@@ -362,7 +396,7 @@ async fn compile(
                     let Some(client_path) = client_path.to_str() else {
                         continue;
                     };
-                    send_output(w, root, client_path, &mut sent).await?;
+                    send_output(w, root, &job.output_dirs, client_path, &mut sent).await?;
                 }
             }
             Ok(code)
@@ -379,18 +413,44 @@ fn with_newline(mut line: Vec<u8>) -> Vec<u8> {
 async fn send_output(
     w: &mut FrameWriter,
     root: &Path,
+    output_dirs: &[PathBuf],
     client_path: &str,
     sent: &mut HashSet<PathBuf>,
 ) -> Result<(), RunError> {
+    // The path comes from a stderr line, which a proc-macro can forge: only
+    // a regular file directly inside a declared output directory is read.
+    // Those directories are mount points the sandbox cannot swap and their
+    // ancestors are read-only, so refusing a symlink in the last component
+    // (O_NOFOLLOW) is enough to stay inside the job root; O_NONBLOCK keeps
+    // a FIFO from hanging the node.
     let rel = manifest::relative_to_root(client_path)
         .map_err(|e| io_err("rustc reported an output at an odd path", e))?;
+    if !rel
+        .parent()
+        .is_some_and(|p| output_dirs.iter().any(|d| d == p))
+    {
+        return Err(io_err(
+            "rustc reported an output outside the output directories",
+            client_path,
+        ));
+    }
     if !sent.insert(rel.clone()) {
         return Ok(());
     }
     let path = root.join(&rel);
-    let file =
-        fs::File::open(&path).map_err(|e| io_err(&format!("opening output {client_path}"), e))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| io_err(&format!("opening output {client_path}"), e))?;
     let meta = file.metadata().map_err(|e| io_err("output metadata", e))?;
+    if !meta.is_file() {
+        return Err(io_err(
+            "rustc reported an output that is not a regular file",
+            client_path,
+        ));
+    }
     use std::os::unix::fs::PermissionsExt;
     w.send(&JobEvent::Output(OutputHeader {
         path: client_path.to_owned(),

@@ -37,6 +37,11 @@ pub enum NodeError {
     Net(#[from] distcc_rs_net::NetError),
     #[error("no randomness available: {0}")]
     Random(String),
+    #[error(
+        "the sandbox program {program:?} was not found: install bubblewrap \
+         (e.g. `apt-get install bubblewrap`) or pass --bwrap PATH"
+    )]
+    NoSandbox { program: PathBuf },
 }
 
 impl NodeError {

@@ -54,6 +54,10 @@ pub enum ManifestError {
     },
     #[error("the working directory {0:?} is not listed as a directory")]
     CwdMissing(String),
+    #[error("environment variable {0:?} has an invalid name or value")]
+    BadEnv(String),
+    #[error("argument {0:?} contains a NUL byte")]
+    BadArg(String),
 }
 
 /// Directories the sandbox mounts itself. A client path under one of them
@@ -117,6 +121,14 @@ pub fn validate<'a>(req: &'a JobRequest, limits: &Limits) -> Result<ValidJob<'a>
     bound("argument count", req.args.len(), limits.max_args)?;
     bound("environment size", req.env.len(), limits.max_env)?;
 
+    for (k, v) in &req.env {
+        if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+            return Err(ManifestError::BadEnv(k.clone()));
+        }
+    }
+    if let Some(a) = req.args.iter().find(|a| a.contains('\0')) {
+        return Err(ManifestError::BadArg(a.clone()));
+    }
     let mut seen = HashSet::new();
     let mut files = Vec::with_capacity(req.files.len());
     let mut total = 0u64;
@@ -276,6 +288,18 @@ mod tests {
         assert!(matches!(
             validate(&nested, &Limits::default()),
             Err(ManifestError::FileIsDirectory(_))
+        ));
+
+        let mut bad_env = request(vec![]);
+        bad_env.env = vec![("A=B".into(), "x".into())];
+        assert!(matches!(
+            validate(&bad_env, &Limits::default()),
+            Err(ManifestError::BadEnv(_))
+        ));
+        bad_env.env = vec![("A".into(), "x\0y".into())];
+        assert!(matches!(
+            validate(&bad_env, &Limits::default()),
+            Err(ManifestError::BadEnv(_))
         ));
 
         let mut no_cwd = request(vec![]);

@@ -33,6 +33,12 @@ pub struct SandboxPlan<'a> {
     pub args: &'a [String],
     /// Directories, relative to the job root, that rustc may write to.
     pub writable: &'a [PathBuf],
+    /// Input files, relative to the job root, that lie inside a writable
+    /// directory (a dependency's `.rmeta` next to the outputs). Each is a
+    /// hard link into the blob store, so each gets its own read-only bind.
+    pub protected: &'a [PathBuf],
+    /// rustc's environment. bubblewrap itself runs with a fixed one.
+    pub env: &'a [(String, String)],
 }
 
 impl SandboxPlan<'_> {
@@ -40,6 +46,13 @@ impl SandboxPlan<'_> {
     /// bubblewrap starts: its mount points.
     pub fn mount_points() -> [&'static str; 4] {
         ["proc", "dev", "tmp", ".distcc-rs/toolchain"]
+    }
+
+    /// The environment bubblewrap itself runs with. Nothing of the client's
+    /// may reach it: a client-chosen `PATH` or `LD_PRELOAD` would run code
+    /// on the node outside the sandbox.
+    pub fn host_env() -> [(&'static str, &'static str); 1] {
+        [("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")]
     }
 
     /// The program and arguments to spawn.
@@ -60,6 +73,11 @@ impl SandboxPlan<'_> {
             a.push("--bind".into());
             a.push(self.root.join(dir).into());
             a.push(Path::new("/").join(dir).into());
+        }
+        for file in self.protected {
+            a.push("--ro-bind".into());
+            a.push(self.root.join(file).into());
+            a.push(Path::new("/").join(file).into());
         }
         a.push("--ro-bind".into());
         a.push(self.toolchain.into());
@@ -105,6 +123,8 @@ mod tests {
             cwd: "/home/u/p",
             args: &args,
             writable: &[PathBuf::from("home/u/p/target/deps")],
+            protected: &[PathBuf::from("home/u/p/target/deps/libdep.rmeta")],
+            env: &[("CARGO_PKG_NAME".into(), "x".into())],
         };
         let (prog, argv) = plan.command();
         assert_eq!(prog, Path::new("/usr/bin/bwrap"));
@@ -127,7 +147,22 @@ mod tests {
         let rw = joined.find("--bind /var/n/jobs/j1/root/home").unwrap();
         assert!(ro < rw, "writable binds must come after the read-only root");
         assert!(joined.contains("--ro-bind /var/n/toolchains/abc /.distcc-rs/toolchain "));
-        assert!(joined.contains("--chdir /home/u/p --"));
+        assert!(joined.contains(
+            "--ro-bind /var/n/jobs/j1/root/home/u/p/target/deps/libdep.rmeta /home/u/p/target/deps/libdep.rmeta "
+        ));
+        let rw = joined
+            .find("--bind /var/n/jobs/j1/root/home/u/p/target/deps ")
+            .unwrap();
+        let protect = joined
+            .find("--ro-bind /var/n/jobs/j1/root/home/u/p/target/deps/libdep")
+            .unwrap();
+        assert!(
+            rw < protect,
+            "inputs are re-protected after their directory is made writable"
+        );
+        assert!(joined.contains(
+            "--chdir /home/u/p --clearenv --setenv CARGO_PKG_NAME x --setenv TMPDIR /tmp --"
+        ));
         let tail: Vec<&str> = argv
             .iter()
             .skip_while(|a| *a != "--")

@@ -71,6 +71,28 @@ impl Shared {
         let _ = self.events.send(event);
     }
 
+    /// Tells the scheduler that a job it placed here was refused, so it
+    /// frees the slot at once. The job never started, so the node's own
+    /// count of running jobs is not touched.
+    pub fn report_refused(&self, job: JobId, error: distcc_rs_proto::message::JobError) {
+        let _ = self.events.send(NodeEvent::JobFinished {
+            job,
+            outcome: distcc_rs_proto::message::JobOutcome::Failed(error),
+            wall_ms: 0,
+        });
+    }
+
+    /// Forgets which job ids were used. Called on every new registration:
+    /// tickets carry a key that is new with each registration, so replays
+    /// of an older registration's tickets already fail their signature, and
+    /// a restarted scheduler may number its jobs from the start again.
+    pub fn forget_jobs(&self) {
+        self.seen_jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     pub fn running(&self) -> u32 {
         self.running.load(Ordering::Relaxed)
     }
@@ -165,6 +187,10 @@ pub struct Node {
 impl Node {
     /// Opens the work directory and binds the job listener.
     pub fn bind(config: NodeConfig) -> Result<Self, NodeError> {
+        let mut config = config;
+        config.bwrap = resolve_program(&config.bwrap).ok_or_else(|| NodeError::NoSandbox {
+            program: config.bwrap.clone(),
+        })?;
         let work = &config.work_dir;
         fs::create_dir_all(work).map_err(|e| NodeError::io(work, e))?;
         let node_id = load_or_create_id(&work.join("node-id"))?;
@@ -236,7 +262,7 @@ impl Node {
                         }
                     };
                     while let Some((w, r)) = accept_stream(&conn).await {
-                        tokio::spawn(job::serve(shared.clone(), w, r));
+                        tokio::spawn(job::serve(shared.clone(), conn.clone(), w, r));
                     }
                 });
             }
@@ -248,6 +274,22 @@ impl Node {
         control.abort();
         shared.endpoint.close(0u32.into(), b"node shutting down");
     }
+}
+
+/// Finds a program the way a shell would, once, at start-up: jobs then
+/// run it by absolute path, whatever `PATH` a client sends.
+fn resolve_program(program: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 {
+        return runnable(program).then(|| program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| runnable(p))
 }
 
 fn load_or_create_id(path: &Path) -> Result<NodeId, NodeError> {

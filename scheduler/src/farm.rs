@@ -45,12 +45,17 @@ pub const ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct FarmConfig {
     /// See [`ASSIGNMENT_TIMEOUT`].
     pub assignment_timeout: Duration,
+    /// Job ids start after this number. The server picks it at random, so
+    /// a restarted scheduler does not reuse the ids of jobs that may still
+    /// be running on nodes (whose reports would then free the wrong slot).
+    pub first_job: u64,
 }
 
 impl Default for FarmConfig {
     fn default() -> Self {
         FarmConfig {
             assignment_timeout: ASSIGNMENT_TIMEOUT,
+            first_job: 0,
         }
     }
 }
@@ -133,13 +138,13 @@ impl Default for Farm {
 impl Farm {
     pub fn new(config: FarmConfig) -> Self {
         Farm {
-            config,
             nodes: BTreeMap::new(),
             jobs: BTreeMap::new(),
             toolchains: BTreeMap::new(),
-            last_job: 0,
+            last_job: config.first_job,
             assignments_made: 0,
             totals: FarmTotals::default(),
+            config,
         }
     }
 
@@ -213,12 +218,13 @@ impl Farm {
     /// Decides where a job runs. See the module documentation for the order
     /// in which nodes are preferred.
     pub fn allocate(&mut self, now: Instant, request: &AllocateRequest) -> AllocateResponse {
-        if !self.has_toolchain(request.toolchain) {
-            return AllocateResponse::NeedToolchain;
-        }
+        // No point asking for a 150 MiB upload when no node could use it.
         if self.nodes.is_empty() {
             self.totals.run_locally += 1;
             return AllocateResponse::RunLocally(RunLocallyReason::NoNodes);
+        }
+        if !self.has_toolchain(request.toolchain) {
+            return AllocateResponse::NeedToolchain;
         }
         let chosen = self
             .nodes
@@ -238,7 +244,7 @@ impl Farm {
     /// Records an assignment of a job to `node`, which must exist and have a
     /// free slot.
     fn assign(&mut self, now: Instant, node_id: NodeId, request: &AllocateRequest) -> Assignment {
-        self.last_job += 1;
+        self.last_job = self.last_job.wrapping_add(1);
         self.assignments_made += 1;
         let job = JobId(self.last_job);
         let node = self

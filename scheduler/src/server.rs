@@ -112,7 +112,16 @@ pub async fn run(
     shutdown: impl Future,
 ) -> Result<(), SchedulerError> {
     let store = ToolchainStore::open(&config.state_dir, config.max_bundle_size)?;
-    let mut farm = Farm::new(config.farm.clone());
+    let mut farm_config = config.farm.clone();
+    if farm_config.first_job == 0 {
+        // Random upper bits: ids of this run do not collide with a previous
+        // run's jobs still finishing on the nodes.
+        let mut bytes = [0u8; 4];
+        if getrandom::fill(&mut bytes).is_ok() {
+            farm_config.first_job = u64::from(u32::from_le_bytes(bytes)) << 32;
+        }
+    }
+    let mut farm = Farm::new(farm_config);
     let bundles = store.list()?;
     for bundle in &bundles {
         farm.toolchain_stored(bundle.id, bundle.compressed_size);

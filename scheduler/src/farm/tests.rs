@@ -195,6 +195,34 @@ fn unknown_toolchain_is_requested_before_anything_else() {
 }
 
 #[test]
+fn an_empty_farm_says_run_locally_before_asking_for_a_toolchain() {
+    let now = Instant::now();
+    let mut farm = Farm::default();
+    let req = AllocateRequest {
+        toolchain: OTHER_TC,
+        ..request()
+    };
+    assert_eq!(
+        farm.allocate(now, &req),
+        AllocateResponse::RunLocally(RunLocallyReason::NoNodes)
+    );
+}
+
+#[test]
+fn job_ids_start_after_the_configured_base() {
+    let now = Instant::now();
+    let mut farm = Farm::new(FarmConfig {
+        first_job: 7 << 32,
+        ..FarmConfig::default()
+    });
+    farm.register_node(now, &registration(1, 2, vec![]), peer(), [1; 32])
+        .unwrap();
+    farm.toolchain_stored(TC, 1);
+    let a = assigned(farm.allocate(now, &request()));
+    assert_eq!(a.job, JobId((7 << 32) + 1));
+}
+
+#[test]
 fn a_burst_never_exceeds_slots() {
     let now = Instant::now();
     let mut farm = farm_with(now, &[(1, 1), (2, 2), (3, 3)]);
