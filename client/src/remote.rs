@@ -86,8 +86,9 @@ pub struct Success {
 /// Everything about a job that is known before it is placed.
 struct Prepared {
     request: JobRequest,
-    bundle: Bundle,
     policy: OutputPolicy,
+    /// Files rustc must have written when it exits successfully.
+    expected: Vec<PathBuf>,
     paths: HashMap<Digest, PathBuf>,
 }
 
@@ -106,24 +107,6 @@ pub fn compile(
         }
         .into());
     }
-    let prepared = prepare(rustc, args, job, config)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| FarmError::Upload(format!("cannot start the async runtime: {e}")))?;
-    rt.block_on(farm(scheduler, prepared, config))
-}
-
-fn prepare(
-    rustc: &Path,
-    args: &[String],
-    job: &CompileJob,
-    config: &ClientConfig,
-) -> Result<Prepared, FarmError> {
-    // Cheap: derived from rustc's location when cargo passes the real
-    // binary, which it does (rustup resolves its proxy first).
-    let sysroot =
-        distcc_rs_pack::locate_sysroot(rustc).map_err(|e| FarmError::Toolchain(e.to_string()))?;
     let cache = config.cache_dir.join("toolchains");
     let bundle = distcc_rs_pack::ensure_cached(&cache, rustc, &PackOptions::default())
         .map_err(|e| FarmError::Toolchain(e.to_string()))?;
@@ -133,8 +116,28 @@ fn prepare(
     {
         return Err(FarmError::Toolchain(format!(
             "the bundle has no standard library for target {target}"
-        )));
+        ))
+        .into());
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| FarmError::Upload(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(farm(rustc, args, job, scheduler, &bundle, config))
+}
+
+/// Finds, hashes and describes the job's inputs. Runs only once a node is
+/// assigned, so a farm that cannot take the job costs nothing here.
+fn prepare(
+    rustc: &Path,
+    args: &[String],
+    job: &CompileJob,
+    ticket: distcc_rs_proto::Ticket,
+) -> Result<Prepared, FarmError> {
+    // Cheap: derived from rustc's location when cargo passes the real
+    // binary, which it does (rustup resolves its proxy first).
+    let sysroot =
+        distcc_rs_pack::locate_sysroot(rustc).map_err(|e| FarmError::Toolchain(e.to_string()))?;
     let cwd = std::env::current_dir()
         .map_err(|e| FarmError::Inputs(format!("no working directory: {e}")))?;
 
@@ -191,7 +194,7 @@ fn prepare(
         paths.insert(digest, path.clone());
     }
     let request = JobRequest {
-        ticket: placeholder_ticket(bundle.id),
+        ticket,
         crate_name: job.crate_name.clone(),
         args: args.to_vec(),
         env,
@@ -210,20 +213,10 @@ fn prepare(
     };
     Ok(Prepared {
         request,
-        bundle,
         policy: OutputPolicy::new(plan.output_dirs),
+        expected: crate::outputs::expected(job, &cwd),
         paths,
     })
-}
-
-fn placeholder_ticket(toolchain: distcc_rs_proto::ToolchainId) -> distcc_rs_proto::Ticket {
-    // Replaced by the scheduler's ticket once the job is placed.
-    distcc_rs_proto::Ticket {
-        job: distcc_rs_proto::JobId(0),
-        node: distcc_rs_proto::NodeId(0),
-        toolchain,
-        mac: [0; 32],
-    }
 }
 
 fn utf8(p: &Path) -> Result<String, FarmError> {
@@ -248,6 +241,9 @@ pub fn shipped_env() -> Vec<(String, String)> {
 fn is_local_only(name: &str) -> bool {
     matches!(name, "CARGO_MAKEFLAGS" | "MAKEFLAGS" | "MFLAGS" | "TMPDIR")
         || name.starts_with("DISTCC_RS_")
+        // The dynamic loader's settings name this machine's files; on the
+        // node they would at best print warnings into rustc's stderr.
+        || name.starts_with("LD_")
 }
 
 fn hash_file(path: &Path) -> std::io::Result<(Digest, u64, bool)> {
@@ -284,8 +280,11 @@ fn mark_down(cache_dir: &Path, scheduler: SocketAddr) {
 }
 
 async fn farm(
+    rustc: &Path,
+    args: &[String],
+    job: &CompileJob,
     scheduler: SocketAddr,
-    mut prepared: Prepared,
+    bundle: &Bundle,
     config: &ClientConfig,
 ) -> Result<Success, Failure> {
     let opts = EndpointOptions::default();
@@ -310,8 +309,8 @@ async fn farm(
         std::process::id()
     );
     let request = AllocateRequest {
-        toolchain: prepared.bundle.id,
-        crate_name: prepared.request.crate_name.clone(),
+        toolchain: bundle.id,
+        crate_name: job.crate_name.clone(),
         client,
     };
     let mut uploaded = false;
@@ -332,7 +331,7 @@ async fn farm(
                 return Err(FarmError::RunLocally(reason).into());
             }
             AllocateResponse::NeedToolchain if !uploaded => {
-                upload(&conn, &prepared.bundle, &config.cache_dir).await?;
+                upload(&conn, bundle, &config.cache_dir).await?;
                 uploaded = true;
             }
             AllocateResponse::NeedToolchain => {
@@ -344,18 +343,35 @@ async fn farm(
         }
     };
     debug!(job_id = %assignment.job, node = %assignment.node_name, "placed");
-    prepared.request.ticket = assignment.ticket;
     let mut forwarded = Vec::new();
-    match run_job(&endpoint, &opts, &assignment, &prepared, &mut forwarded).await {
-        Ok(exit_code) => {
-            conn.close(0u32.into(), b"done");
-            endpoint.wait_idle().await;
-            Ok(Success {
-                exit_code,
-                node: assignment.node_name,
-            })
-        }
+    let result = match prepare(rustc, args, job, assignment.ticket) {
+        Ok(prepared) => run_job(&endpoint, &opts, &assignment, &prepared, &mut forwarded).await,
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        // A job the node never started still holds a slot on the scheduler.
+        release(&conn, assignment.job).await;
+    }
+    conn.close(0u32.into(), b"done");
+    // Let the close frames go out, but do not make every compile wait for
+    // the full closing handshake.
+    let _ = tokio::time::timeout(Duration::from_millis(5), endpoint.wait_idle()).await;
+    match result {
+        Ok(exit_code) => Ok(Success {
+            exit_code,
+            node: assignment.node_name,
+        }),
         Err(error) => Err(Failure { error, forwarded }),
+    }
+}
+
+/// Gives an unused assignment back to the scheduler. Best effort: if this
+/// fails, the assignment expires on its own.
+async fn release(conn: &quinn::Connection, job: distcc_rs_proto::JobId) {
+    if let Ok((mut w, _r)) = open_stream(conn).await
+        && w.send(&SchedulerRequest::Release { job }).await.is_ok()
+    {
+        let _ = w.finish();
     }
 }
 
@@ -458,6 +474,7 @@ async fn run_job(
     debug!(blobs = missing.len(), bytes = sent, "inputs sent");
 
     let mut stderr = std::io::stderr().lock();
+    let mut received = std::collections::HashSet::new();
     loop {
         match r.recv::<JobEvent>().await.map_err(net)? {
             JobEvent::Running => {}
@@ -501,9 +518,18 @@ async fn run_job(
                     .set_permissions(fs::Permissions::from_mode(mode));
                 tmp.persist(&local)
                     .map_err(|e| bad(format!("cannot write {}: {}", header.path, e.error)))?;
+                received.insert(local);
             }
             JobEvent::Exited { code } => {
                 conn.close(0u32.into(), b"done");
+                if code == 0
+                    && let Some(missing) = prepared.expected.iter().find(|p| !received.contains(*p))
+                {
+                    return Err(FarmError::Output {
+                        node,
+                        reason: format!("rustc succeeded but {} never arrived", missing.display()),
+                    });
+                }
                 return Ok(code);
             }
             JobEvent::Failed(source) => return Err(FarmError::Job { node, source }),

@@ -351,16 +351,16 @@ async fn compile(
     {
         let (action, released) = gate.line(&line);
         for held in released {
-            w.send(&JobEvent::Stderr(with_newline(held))).await?;
+            send_stderr(w, held).await?;
         }
         match action {
             Action::Hold => {}
-            Action::Forward => w.send(&JobEvent::Stderr(with_newline(line))).await?,
+            Action::Forward => send_stderr(w, line).await?,
             Action::SendOutputThenForward(path) => {
                 // Pipelining: the client writes the .rmeta before it shows
                 // cargo this line, so dependents can start right away.
                 send_output(w, root, &job.output_dirs, &path, &mut sent).await?;
-                w.send(&JobEvent::Stderr(with_newline(line))).await?;
+                send_stderr(w, line).await?;
             }
         }
     }
@@ -378,7 +378,7 @@ async fn compile(
         Verdict::FarmFailure(why) => Err(RunError::Job(JobError::Sandbox(why))),
         Verdict::Stands(held) => {
             for line in held {
-                w.send(&JobEvent::Stderr(with_newline(line))).await?;
+                send_stderr(w, line).await?;
             }
             for dir in &job.output_dirs {
                 let Ok(entries) = fs::read_dir(root.join(dir)) else {
@@ -404,9 +404,15 @@ async fn compile(
     }
 }
 
-fn with_newline(mut line: Vec<u8>) -> Vec<u8> {
+/// Forwards one stderr line with its newline. A line longer than a chunk
+/// (a huge diagnostic) goes in pieces, so no frame exceeds the limit; the
+/// client writes the pieces back to back.
+async fn send_stderr(w: &mut FrameWriter, mut line: Vec<u8>) -> Result<(), NetError> {
     line.push(b'\n');
-    line
+    for piece in line.chunks(distcc_rs_proto::MAX_CHUNK_LEN) {
+        w.send(&JobEvent::Stderr(piece.to_vec())).await?;
+    }
+    Ok(())
 }
 
 /// Sends one output file, named by its client path, unless already sent.

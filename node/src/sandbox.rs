@@ -84,8 +84,18 @@ impl SandboxPlan<'_> {
         a.push(TOOLCHAIN_MOUNT.into());
         let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
         push(&[
-            "--proc", "/proc", "--dev", "/dev", "--chdir", self.cwd, "--",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--chdir",
+            self.cwd,
+            "--clearenv",
         ]);
+        for (k, v) in self.env {
+            push(&["--setenv", k, v]);
+        }
+        push(&["--setenv", "TMPDIR", "/tmp", "--"]);
         push(&[&tc(&self.bundle.interpreter), "--library-path"]);
         let libs: Vec<String> = self.bundle.library_path.iter().map(|l| tc(l)).collect();
         a.push(libs.join(":").into());

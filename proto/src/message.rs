@@ -42,6 +42,10 @@ pub enum SchedulerRequest {
     FetchToolchain(ToolchainId),
     /// Anyone asks what the farm is doing. Answered with [`FarmStatus`].
     Status,
+    /// A client gives back an assignment it will not use (it found it must
+    /// compile locally after all), so the slot is free at once rather than
+    /// when the assignment expires. Not answered.
+    Release { job: JobId },
 }
 
 /// What a node tells the scheduler about itself when it joins.

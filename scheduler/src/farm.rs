@@ -339,6 +339,27 @@ impl Farm {
     /// assignment timeout, freeing their slots. Jobs a node has started are
     /// never expired: they end when the node reports them or leaves.
     /// Returns the abandoned jobs.
+    /// Takes back an assignment whose client will not use it. Only a job
+    /// still waiting for its client can be released: once the node has
+    /// started it, the node's report frees the slot. Returns whether the job
+    /// was released.
+    pub fn release(&mut self, job: JobId) -> bool {
+        if self
+            .jobs
+            .get(&job)
+            .is_none_or(|f| f.phase != JobPhase::Assigned)
+        {
+            return false;
+        }
+        if let Some(flight) = self.jobs.remove(&job)
+            && let Some(node) = self.nodes.get_mut(&flight.node)
+        {
+            node.jobs.remove(&job);
+        }
+        self.totals.abandoned += 1;
+        true
+    }
+
     pub fn expire(&mut self, now: Instant) -> Vec<JobId> {
         let timeout = self.config.assignment_timeout;
         let stale: Vec<JobId> = self

@@ -252,6 +252,12 @@ async fn stream(shared: Arc<Shared>, conn: Connection, w: FrameWriter, mut r: Fr
         ),
         SchedulerRequest::FetchToolchain(id) => ("toolchain fetch", fetch(&shared, id, w).await),
         SchedulerRequest::Status => ("status request", status(&shared, w).await),
+        SchedulerRequest::Release { job } => {
+            if shared.farm().release(job) {
+                debug!(job_id = %job, "assignment released by its client");
+            }
+            ("release", Ok(()))
+        }
     };
     if let Err(e) = result {
         warn!(cause = %e, "{what} failed");

@@ -107,6 +107,50 @@ fn node_killed_mid_job_still_builds() {
         job.job,
         describe(&events)
     );
+    // The job that was running when its node died was compiled again
+    // locally. (It could only have ended as "remote" had it finished in the
+    // instant between the status answer and the kill.)
+    assert!(
+        events
+            .iter()
+            .any(|e| e.is_crate(&job.crate_name) && e.place == Where::Fallback),
+        "{} was running on {victim_name} when it was killed, so it should have fallen back \
+         to a local compile; events:\n{}",
+        job.crate_name,
+        describe(&events)
+    );
+    compare_artifacts(&local.artifacts, &snapshot_artifacts(&fixture.target_dir()));
+}
+
+#[test]
+fn scheduler_restart_keeps_the_farm_working() {
+    let _serial = farm_test();
+    let fixture = copy_fixture("workspace");
+    let local = local_reference(&fixture, None);
+
+    let mut scheduler = Scheduler::start(fixture.scratch());
+    let addr = scheduler.addr();
+    let _node = Node::start(fixture.scratch(), addr, "n1", &[]);
+    let before = FarmEnv::new(addr, &fixture.scratch().join("client-before"));
+    farm_build(&fixture, &before);
+    assert_ran(&before.events(), "base", Where::Remote);
+
+    // A new scheduler on the same address and state: the node must find it
+    // and register again by itself, and the stored toolchain must serve.
+    scheduler.kill();
+    let _scheduler = Scheduler::start_on(fixture.scratch(), addr);
+    wait_until(
+        Instant::now() + Duration::from_secs(60),
+        "the node to register with the restarted scheduler",
+        || try_status(addr).is_ok_and(|s| s.nodes.len() == 1),
+    );
+    fixture.clean();
+    let after = FarmEnv::new(addr, &fixture.scratch().join("client-after"));
+    farm_build(&fixture, &after);
+    let events = after.events();
+    for krate in ["base", "uses_macros", "native"] {
+        assert_ran(&events, krate, Where::Remote);
+    }
     compare_artifacts(&local.artifacts, &snapshot_artifacts(&fixture.target_dir()));
 }
 

@@ -146,13 +146,23 @@ impl Scheduler {
 
     /// Like [`Scheduler::start`], with extra command-line arguments.
     pub fn start_with_args(dir: &Path, extra_args: &[&str]) -> Scheduler {
+        Scheduler::spawn(dir, "127.0.0.1:0", extra_args)
+    }
+
+    /// Starts a scheduler on a given address, e.g. the one of a scheduler
+    /// that was killed, with the same state directory.
+    pub fn start_on(dir: &Path, listen: SocketAddr) -> Scheduler {
+        Scheduler::spawn(dir, &listen.to_string(), &[])
+    }
+
+    fn spawn(dir: &Path, listen: &str, extra_args: &[&str]) -> Scheduler {
         let state_dir = dir.join("scheduler");
         std::fs::create_dir_all(&state_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", state_dir.display()));
         let mut command = Command::new(bins::binary(bins::SCHEDULER));
         command
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--state-dir")
             .arg(&state_dir)
             .args(extra_args);

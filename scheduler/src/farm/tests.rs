@@ -209,6 +209,25 @@ fn an_empty_farm_says_run_locally_before_asking_for_a_toolchain() {
 }
 
 #[test]
+fn released_assignments_free_their_slot_at_once() {
+    let now = Instant::now();
+    let mut farm = farm_with(now, &[(1, 1)]);
+    let a = assigned(farm.allocate(now, &request()));
+    assert!(matches!(
+        farm.allocate(now, &request()),
+        AllocateResponse::RunLocally(RunLocallyReason::NoFreeSlot)
+    ));
+    assert!(farm.release(a.job));
+    assert!(!farm.release(a.job), "a job is released once");
+    assert_eq!(farm.status(now).totals.abandoned, 1);
+    let b = assigned(farm.allocate(now, &request()));
+    // A running job is the node's to report, not the client's to release.
+    assert!(farm.job_started(b.node, b.job));
+    assert!(!farm.release(b.job));
+    check_invariants(&farm);
+}
+
+#[test]
 fn job_ids_start_after_the_configured_base() {
     let now = Instant::now();
     let mut farm = Farm::new(FarmConfig {
