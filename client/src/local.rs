@@ -37,16 +37,24 @@ pub fn run_after_partial(
         .spawn()?;
     let stderr = child.stderr.take().expect("stderr is piped");
     let mut out = std::io::stderr().lock();
-    for line in std::io::BufReader::new(stderr).split(b'\n') {
-        let mut line = line?;
-        line.push(b'\n');
+    let mut reader = std::io::BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // read_until keeps the newline, and a last line without one stays
+        // without one.
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
         if let Some(n) = skip.get_mut(line.as_slice())
             && *n > 0
         {
             *n -= 1;
             continue;
         }
-        out.write_all(&line)?;
+        // Keep draining even if cargo stopped reading, so rustc never
+        // blocks on a full pipe and its exit code is still collected.
+        let _ = out.write_all(&line);
     }
     Ok(exit_code(child.wait()?))
 }

@@ -532,6 +532,11 @@ async fn run_job(
                 }
                 return Ok(code);
             }
+            JobEvent::Stdout(bytes) => {
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(&bytes);
+                let _ = stdout.flush();
+            }
             JobEvent::Failed(source) => return Err(FarmError::Job { node, source }),
         }
     }

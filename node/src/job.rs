@@ -23,6 +23,9 @@ use crate::sandbox::SandboxPlan;
 use crate::server::Shared;
 use crate::toolchains::ReadyToolchain;
 
+/// The most of a job's stdout that is kept.
+const MAX_STDOUT: u64 = 16 << 20;
+
 /// Outputs are compressed fast: they cross a LAN once and are not stored.
 const OUTPUT_ZSTD_LEVEL: i32 = 1;
 
@@ -289,8 +292,17 @@ fn populate(
 
 impl Drop for JobRoot {
     fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.path) {
-            warn!(path = %self.path.display(), cause = %e, "cannot remove job directory");
+        let path = std::mem::take(&mut self.path);
+        let remove = move || {
+            if let Err(e) = fs::remove_dir_all(&path) {
+                warn!(path = %path.display(), cause = %e, "cannot remove job directory");
+            }
+        };
+        // Removing thousands of links is blocking work: off the async
+        // workers when there is a runtime, which is always but in tests.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(remove)),
+            Err(_) => remove(),
         }
     }
 }
@@ -328,7 +340,7 @@ async fn compile(
         .env_clear()
         .envs(SandboxPlan::host_env())
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -343,6 +355,15 @@ async fn compile(
     let mut sent: HashSet<PathBuf> = HashSet::new();
     let mut gate = Gate::new(diagnostics::expects_json(&req.args));
     let stderr = child.stderr.take().expect("stderr is piped");
+    // rustc itself writes nothing to stdout for a compile, but proc-macros
+    // may print there; it is collected (up to a bound) and sent at the end.
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stdout = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        let _ = stdout.take(MAX_STDOUT).read_to_end(&mut out).await;
+        out
+    });
     let mut lines = tokio::io::BufReader::new(stderr).split(b'\n');
     while let Some(line) = lines
         .next_segment()
@@ -379,6 +400,10 @@ async fn compile(
         Verdict::Stands(held) => {
             for line in held {
                 send_stderr(w, line).await?;
+            }
+            let stdout = stdout.await.unwrap_or_default();
+            for piece in stdout.chunks(distcc_rs_proto::MAX_CHUNK_LEN) {
+                w.send(&JobEvent::Stdout(piece.to_vec())).await?;
             }
             for dir in &job.output_dirs {
                 let Ok(entries) = fs::read_dir(root.join(dir)) else {

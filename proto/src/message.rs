@@ -322,6 +322,9 @@ pub enum JobEvent {
     Exited { code: i32 },
     /// The farm failed to run the job. Nothing the job produced is valid.
     Failed(JobError),
+    /// Bytes rustc wrote to stdout (a proc-macro's `println!`), in pieces of
+    /// at most a chunk, sent before [`JobEvent::Exited`].
+    Stdout(Vec<u8>),
 }
 
 /// Describes one output file.

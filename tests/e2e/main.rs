@@ -35,6 +35,8 @@ fn farm_test() -> MutexGuard<'static, ()> {
 /// The result of building a fixture with plain local rustc.
 struct LocalBuild {
     artifacts: Artifacts,
+    /// What cargo printed on stdout (rustc's stdout passes through it).
+    stdout: String,
     /// What the binary named in [`local_reference`] printed.
     binary_output: Option<String>,
 }
@@ -43,12 +45,14 @@ struct LocalBuild {
 /// given, and removes the target directory so that the farm build that
 /// follows starts from nothing.
 fn local_reference(fixture: &Fixture, binary: Option<&str>) -> LocalBuild {
-    cargo_build(fixture.root(), None, &[]).assert_success("the local build");
+    let output = cargo_build(fixture.root(), None, &[]);
+    output.assert_success("the local build");
     let artifacts = snapshot_artifacts(&fixture.target_dir());
     let binary_output = binary.map(|name| run_binary(fixture, name));
     fixture.clean();
     LocalBuild {
         artifacts,
+        stdout: output.stdout,
         binary_output,
     }
 }

@@ -26,7 +26,29 @@ fn fixture_workspace_builds_remotely_byte_identical() {
     let _n1 = Node::start(fixture.scratch(), scheduler.addr(), "n1", &[]);
     let _n2 = Node::start(fixture.scratch(), scheduler.addr(), "n2", &[]);
     let farm = FarmEnv::new(scheduler.addr(), &fixture.scratch().join("client"));
-    farm_build(&fixture, &farm);
+    let output = farm_build(&fixture, &farm);
+
+    // The proc-macro prints on rustc's stdout while it expands inside
+    // uses_macros, which compiles remotely: cargo must show the same.
+    let printed = |stdout: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("table_from_file:"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        printed(&local.stdout).len(),
+        1,
+        "local stdout:\n{}",
+        local.stdout
+    );
+    assert_eq!(
+        printed(&output.stdout),
+        printed(&local.stdout),
+        "farm stdout:\n{}",
+        output.stdout
+    );
 
     let events = farm.events();
     // The libraries are distributable: their inputs include a file outside
