@@ -37,29 +37,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Waits for a line matching $2 in file $1 and prints it.
-wait_line() {
-  local file=$1 pattern=$2 i
-  for i in $(seq 1 600); do
-    if grep -q "$pattern" "$file" 2>/dev/null; then grep -m1 "$pattern" "$file"; return 0; fi
-    sleep 0.1
-  done
-  echo "timed out waiting for '$pattern' in $file" >&2; cat "$file" >&2; return 1
-}
-
-echo "== starting a scheduler and a node on loopback (logs in $WORK)"
-"$BIN/distcc-rs-scheduler" --listen 127.0.0.1:0 --state-dir "$WORK/scheduler" \
-  >"$WORK/scheduler.out" 2>"$WORK/scheduler.log" &
-PIDS+=($!)
-SCHED=$(wait_line "$WORK/scheduler.out" "listening on" | awk '{print $NF}')
-# The node gets no Rust in its environment: it runs the toolchain bundle it
-# fetches from the scheduler.
-env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$WORK" \
-  "$BIN/distcc-rs-node" --scheduler "$SCHED" --listen 127.0.0.1:0 \
-  --work-dir "$WORK/node" --name node-1 >"$WORK/node.out" 2>"$WORK/node.log" &
-PIDS+=($!)
-wait_line "$WORK/node.out" "registered" >/dev/null
-echo "   scheduler at $SCHED, node-1 registered"
+source scripts/local-farm.sh
+start_local_farm
 
 # One clean build; sets LAST_MS to the wall time of `cargo build` alone.
 #   build MODE(plain|farm) FIXTURE PROFILE(dev|release) TAG
