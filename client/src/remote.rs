@@ -375,6 +375,46 @@ async fn release(conn: &quinn::Connection, job: distcc_rs_proto::JobId) {
     }
 }
 
+/// Sends the blobs a node asked for, compressed. Returns the bytes sent.
+async fn send_blobs(
+    w: &mut distcc_rs_net::FrameWriter,
+    missing: &[Digest],
+    prepared: &Prepared,
+    node: &str,
+) -> Result<u64, FarmError> {
+    let net = |source: NetError| FarmError::Net {
+        node: node.to_owned(),
+        source,
+    };
+    let mut sent = 0u64;
+    for digest in missing {
+        let path = prepared
+            .paths
+            .get(digest)
+            .ok_or_else(|| FarmError::Output {
+                node: node.to_owned(),
+                reason: format!("asked for blob {digest:?}, which is not an input"),
+            })?;
+        let file = fs::File::open(path)
+            .map_err(|e| FarmError::Inputs(format!("{}: {e}", path.display())))?;
+        let size = file
+            .metadata()
+            .map_err(|e| FarmError::Inputs(e.to_string()))?
+            .len();
+        w.send(&BlobHeader {
+            digest: *digest,
+            size,
+        })
+        .await
+        .map_err(net)?;
+        let (_, wire) = payload::send_compressed(w, file, BLOB_ZSTD_LEVEL)
+            .await
+            .map_err(net)?;
+        sent += wire;
+    }
+    Ok(sent)
+}
+
 /// Uploads the toolchain bundle, once per farm even when many wrappers
 /// need it at the same moment: they queue on a lock file, and each one that
 /// gets the lock asks the scheduler again before sending 100+ MiB.
@@ -441,37 +481,18 @@ async fn run_job(
         .map_err(net)?;
     let (mut w, mut r) = open_stream(&conn).await.map_err(net)?;
     w.send(&prepared.request).await.map_err(net)?;
-    let missing = match r.recv::<JobAccept>().await.map_err(net)? {
-        JobAccept::Rejected(source) => return Err(FarmError::Job { node, source }),
-        JobAccept::NeedBlobs(missing) => missing,
-    };
     let mut sent = 0u64;
-    for digest in &missing {
-        let path = prepared
-            .paths
-            .get(digest)
-            .ok_or_else(|| FarmError::Output {
-                node: node.clone(),
-                reason: format!("asked for blob {digest:?}, which is not an input"),
-            })?;
-        let file = fs::File::open(path)
-            .map_err(|e| FarmError::Inputs(format!("{}: {e}", path.display())))?;
-        let size = file
-            .metadata()
-            .map_err(|e| FarmError::Inputs(e.to_string()))?
-            .len();
-        w.send(&BlobHeader {
-            digest: *digest,
-            size,
-        })
-        .await
-        .map_err(net)?;
-        let (_, wire) = payload::send_compressed(&mut w, file, BLOB_ZSTD_LEVEL)
-            .await
-            .map_err(net)?;
-        sent += wire;
+    let mut blobs = 0usize;
+    loop {
+        let missing = match r.recv::<JobAccept>().await.map_err(net)? {
+            JobAccept::Rejected(source) => return Err(FarmError::Job { node, source }),
+            JobAccept::NeedBlobs(missing) if missing.is_empty() => break,
+            JobAccept::NeedBlobs(missing) => missing,
+        };
+        blobs += missing.len();
+        sent += send_blobs(&mut w, &missing, prepared, &node).await?;
     }
-    debug!(blobs = missing.len(), bytes = sent, "inputs sent");
+    debug!(blobs, bytes = sent, "inputs sent");
 
     let mut stderr = std::io::stderr().lock();
     let mut received = std::collections::HashSet::new();

@@ -92,10 +92,18 @@ pub async fn recv_compressed(
         limit,
     };
     let mut decoder = zstd::stream::write::Decoder::new(sink)?;
+    // After a bad payload the rest of its chunks are still read (and
+    // dropped), so the stream stays in step and the next message is found.
+    let mut failed = None;
     while let Some(chunk) = r.recv_chunk().await? {
-        decoder
-            .write_all(&chunk)
-            .map_err(|e| limit_error(e, limit))?;
+        if failed.is_none()
+            && let Err(e) = decoder.write_all(&chunk)
+        {
+            failed = Some(limit_error(e, limit));
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     decoder.flush().map_err(|e| limit_error(e, limit))?;
     let sink = decoder.into_inner();

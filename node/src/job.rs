@@ -23,6 +23,9 @@ use crate::sandbox::SandboxPlan;
 use crate::server::Shared;
 use crate::toolchains::ReadyToolchain;
 
+/// How many times the node asks for the same inputs before it gives up.
+const MAX_BLOB_ROUNDS: usize = 3;
+
 /// The most of a job's stdout that is kept.
 const MAX_STDOUT: u64 = 16 << 20;
 
@@ -172,9 +175,25 @@ async fn run(
     let tc_id = req.ticket.toolchain;
     let toolchain = tokio::spawn(async move { tc_shared.toolchain(tc_id).await });
 
-    let missing = shared.store.missing(req.files.iter().map(|f| &f.digest));
-    w.send(&JobAccept::NeedBlobs(missing.clone())).await?;
-    receive_blobs(shared, &missing, job, r).await?;
+    // Ask for what the store lacks, then again for whatever arrived
+    // damaged, until nothing is missing or the client keeps failing.
+    let mut want = shared.store.missing(req.files.iter().map(|f| &f.digest));
+    let mut rounds = 0;
+    loop {
+        w.send(&JobAccept::NeedBlobs(want.clone())).await?;
+        if want.is_empty() {
+            break;
+        }
+        rounds += 1;
+        let damaged = receive_blobs(shared, &want, job, r).await?;
+        if let Some(first) = damaged.first() {
+            warn!(job_id = %req.ticket.job, count = damaged.len(), "input blobs arrived damaged; asking again");
+            if rounds >= MAX_BLOB_ROUNDS {
+                return Err(RunError::Job(JobError::BlobCorrupt { digest: *first }));
+            }
+        }
+        want = damaged;
+    }
 
     let toolchain = match toolchain.await {
         Ok(Ok(tc)) => tc,
@@ -211,12 +230,15 @@ async fn run(
     compile(shared, job, &root.path, &toolchain, w).await
 }
 
+/// Receives the blobs in `missing`, storing each one whose content matches
+/// its digest. Returns the digests of those that arrived damaged.
 async fn receive_blobs(
     shared: &Shared,
     missing: &[Digest],
     job: &ValidJob<'_>,
     r: &mut FrameReader,
-) -> Result<(), RunError> {
+) -> Result<Vec<Digest>, RunError> {
+    let mut damaged = Vec::new();
     let mut pending: HashSet<Digest> = missing.iter().copied().collect();
     let sizes: std::collections::HashMap<Digest, u64> =
         job.files.iter().map(|(f, _)| (f.digest, f.size)).collect();
@@ -232,24 +254,24 @@ async fn receive_blobs(
         let mut tmp = shared.store.temp_file().map_err(|e| io_err("store", e))?;
         let (digest, size) = match payload::recv_compressed(r, tmp.as_file_mut(), limit).await {
             Ok(v) => v,
-            Err(NetError::PayloadTooLarge { .. }) => {
-                return Err(RunError::Job(JobError::BlobCorrupt {
-                    digest: header.digest,
-                }));
+            // Longer than announced, or not valid zstd: the rest of the
+            // payload was skipped, so the stream is still usable.
+            Err(NetError::PayloadTooLarge { .. } | NetError::Io(_)) => {
+                damaged.push(header.digest);
+                continue;
             }
             Err(e) => return Err(e.into()),
         };
         if digest != header.digest || size != header.size {
-            return Err(RunError::Job(JobError::BlobCorrupt {
-                digest: header.digest,
-            }));
+            damaged.push(header.digest);
+            continue;
         }
         shared
             .store
             .commit(tmp, &digest)
             .map_err(|e| io_err("store", e))?;
     }
-    Ok(())
+    Ok(damaged)
 }
 
 /// A job's private directory, removed when the job ends.

@@ -10,7 +10,9 @@
 //! 3. **Jobs.** A client opens a stream to the node it was assigned and sends
 //!    a [`JobRequest`]. The node answers with a [`JobAccept`] naming the input
 //!    blobs it lacks; the client sends each as a [`BlobHeader`] followed by a
-//!    chunk stream; the node then streams [`JobEvent`]s until the job ends.
+//!    chunk stream, again for any that arrived corrupted, until the node
+//!    needs nothing more; the node then streams [`JobEvent`]s until the job
+//!    ends.
 //!
 //! Payloads too large for one frame (blobs, outputs, toolchain bundles) travel
 //! as chunk streams (see [`crate::codec`]), zstd-compressed.
@@ -290,10 +292,16 @@ pub struct FileEntry {
     pub executable: bool,
 }
 
-/// The node's first answer to a [`JobRequest`].
+/// The node's answers to a [`JobRequest`] before the job runs.
+///
+/// The node sends `NeedBlobs` with the inputs its store lacks; the client
+/// sends exactly those. A blob that arrives truncated or corrupted (its
+/// content does not hash to its digest) is asked for again in the next
+/// `NeedBlobs`, a few times at most. An empty `NeedBlobs` means every input
+/// is in place and [`JobEvent`]s follow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum JobAccept {
-    /// The node will run the job once it has these blobs. May be empty.
+    /// Send these blobs; empty once the node has everything.
     NeedBlobs(Vec<Digest>),
     /// The node will not run the job.
     Rejected(JobError),
