@@ -10,6 +10,7 @@
 //! cargo build --workspace --bins && cargo test -p distcc-rs-e2e
 //! ```
 
+mod datapath;
 mod errors;
 mod faults;
 mod premise;

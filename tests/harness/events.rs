@@ -42,6 +42,15 @@ pub struct Event {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub ms: Option<u64>,
+    /// Compressed input bytes sent to the node (remote jobs and fallbacks).
+    #[serde(default)]
+    pub bytes_sent: Option<u64>,
+    /// Input blobs sent to the node.
+    #[serde(default)]
+    pub blobs_sent: Option<usize>,
+    /// Files in the job's manifest.
+    #[serde(default)]
+    pub inputs: Option<usize>,
 }
 
 impl Event {
