@@ -175,9 +175,13 @@ async fn run(
     let tc_id = req.ticket.toolchain;
     let toolchain = tokio::spawn(async move { tc_shared.toolchain(tc_id).await });
 
+    // The lease keeps every input of the job in the store until the job
+    // ends, so an eviction cannot remove a blob between this check and the
+    // moment it is linked into the job root.
+    let lease = shared.store.lease(req.files.iter().map(|f| &f.digest));
     // Ask for what the store lacks, then again for whatever arrived
     // damaged, until nothing is missing or the client keeps failing.
-    let mut want = shared.store.missing(req.files.iter().map(|f| &f.digest));
+    let mut want = lease.missing().to_vec();
     let mut rounds = 0;
     loop {
         w.send(&JobAccept::NeedBlobs(want.clone())).await?;
@@ -193,6 +197,11 @@ async fn run(
             }
         }
         want = damaged;
+    }
+    if rounds > 0 {
+        // New blobs may have taken the store over its limit. The eviction
+        // runs on its own blocking thread; this job does not wait for it.
+        drop(shared.store.evict_in_background());
     }
 
     let toolchain = match toolchain.await {
@@ -227,7 +236,10 @@ async fn run(
         .await
         .map_err(|e| io_err("populating the job directory", e))??;
     w.send(&JobEvent::Running).await?;
-    compile(shared, job, &root.path, &toolchain, w).await
+    let code = compile(shared, job, &root.path, &toolchain, w).await;
+    // Only now may the job's inputs be evicted.
+    drop(lease);
+    code
 }
 
 /// Receives the blobs in `missing`, storing each one whose content matches

@@ -46,6 +46,13 @@ struct Args {
     /// Seconds a job may run before it is killed.
     #[arg(long, default_value_t = 600)]
     job_timeout: u64,
+    /// The most disk space the input cache (<WORK_DIR>/store) may take, in
+    /// bytes or with a suffix: K, M, G, T, or KiB, MiB, GiB, TiB, all
+    /// powers of 1024 (e.g. 512M, 10GiB). Past it, the least recently used
+    /// inputs are removed until the cache is under 90% of the limit; inputs
+    /// of running jobs are kept.
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = parse_size)]
+    store_size: u64,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -55,6 +62,40 @@ struct Args {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// A size on the command line that cannot be used.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum SizeError {
+    #[error("{0:?} is not a size: expected bytes, optionally with K, M, G or T (e.g. 512M, 10GiB)")]
+    Malformed(String),
+    #[error("{0:?} is more bytes than fit in 64 bits")]
+    TooLarge(String),
+}
+
+/// Reads a size in bytes with an optional binary suffix (`K`, `M`, `G`,
+/// `T`, or `KiB` to `TiB`, in any case; a space before it is allowed).
+/// Every suffix is a power of 1024, since that is how disks are usually
+/// reasoned about by the people setting the limit.
+fn parse_size(text: &str) -> Result<u64, SizeError> {
+    let malformed = || SizeError::Malformed(text.to_owned());
+    let trimmed = text.trim();
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, suffix) = trimmed.split_at(digits_end);
+    let number: u64 = digits.parse().map_err(|_| malformed())?;
+    let shift = match suffix.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        _ => return Err(malformed()),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| SizeError::TooLarge(text.to_owned()))
 }
 
 fn main() -> std::process::ExitCode {
@@ -97,6 +138,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         bwrap: args.bwrap,
         job_timeout: Duration::from_secs(args.job_timeout),
         max_bundle_size: 2 << 30,
+        store_size: args.store_size,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
@@ -122,5 +164,55 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4096B"), Ok(4096));
+        assert_eq!(parse_size("3K"), Ok(3 << 10));
+        assert_eq!(parse_size("3kib"), Ok(3 << 10));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("10 GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+    }
+
+    #[test]
+    fn malformed_or_huge_sizes_are_refused() {
+        for text in ["", "G", "10X", "1.5G", "-1", "10 G B", "10GB"] {
+            assert_eq!(
+                parse_size(text),
+                Err(SizeError::Malformed(text.into())),
+                "{text:?}"
+            );
+        }
+        assert_eq!(
+            parse_size("99999999999T"),
+            Err(SizeError::TooLarge("99999999999T".into()))
+        );
+    }
+
+    #[test]
+    fn the_default_store_size_is_ten_gibibytes() {
+        let args =
+            Args::try_parse_from(["distcc-rs-node", "--scheduler", "127.0.0.1:7700"]).unwrap();
+        assert_eq!(args.store_size, 10 << 30);
+        let args = Args::try_parse_from([
+            "distcc-rs-node",
+            "--scheduler",
+            "127.0.0.1:7700",
+            "--store-size",
+            "1M",
+        ])
+        .unwrap();
+        assert_eq!(args.store_size, 1 << 20);
     }
 }

@@ -33,6 +33,9 @@ pub struct NodeConfig {
     pub job_timeout: Duration,
     /// The largest toolchain bundle the node downloads.
     pub max_bundle_size: u64,
+    /// The most bytes the input store keeps; beyond it, the least recently
+    /// used inputs are removed.
+    pub store_size: u64,
 }
 
 /// State every task of the node shares.
@@ -194,7 +197,8 @@ impl Node {
         let work = &config.work_dir;
         fs::create_dir_all(work).map_err(|e| NodeError::io(work, e))?;
         let node_id = load_or_create_id(&work.join("node-id"))?;
-        let store = BlobStore::open(work.join("store")).map_err(|e| NodeError::io(work, e))?;
+        let store = BlobStore::open(work.join("store"), config.store_size)
+            .map_err(|e| NodeError::io(work, e))?;
         let toolchains =
             Toolchains::open(work.join("toolchains")).map_err(|e| NodeError::io(work, e))?;
         let jobs_dir = work.join("jobs");
