@@ -198,3 +198,193 @@ fn a_second_build_sends_almost_nothing() {
         "the second build sent {second_bytes} bytes, not under 5% of the first's {first_bytes}"
     );
 }
+
+/// A client that speaks the job protocol by hand, so that it can send a
+/// node damaged inputs on purpose.
+mod raw_client {
+    use std::net::SocketAddr;
+
+    use distcc_rs_net::payload::{recv_compressed, send_compressed};
+    use distcc_rs_net::{EndpointOptions, FrameReader, FrameWriter, PeerAuth, open_stream};
+    use distcc_rs_proto::message::{
+        AllocateRequest, AllocateResponse, Assignment, BlobHeader, JobAccept, JobEvent, JobRequest,
+        SchedulerRequest,
+    };
+    use distcc_rs_proto::{Digest, ToolchainId};
+
+    pub struct Session {
+        pub endpoint: quinn::Endpoint,
+        pub opts: EndpointOptions,
+    }
+
+    impl Session {
+        pub fn new(peer: SocketAddr) -> Session {
+            let opts = EndpointOptions::default();
+            let endpoint =
+                distcc_rs_net::bind_client(peer, None, &PeerAuth::Unauthenticated, &opts)
+                    .expect("a client endpoint");
+            Session { endpoint, opts }
+        }
+
+        pub async fn allocate(&self, scheduler: SocketAddr, toolchain: ToolchainId) -> Assignment {
+            let conn = distcc_rs_net::connect(&self.endpoint, scheduler, &self.opts)
+                .await
+                .expect("the scheduler answers");
+            let (mut w, mut r) = open_stream(&conn).await.unwrap();
+            w.send(&SchedulerRequest::Allocate(AllocateRequest {
+                toolchain,
+                crate_name: "tiny".into(),
+                client: "raw-client".into(),
+            }))
+            .await
+            .unwrap();
+            match r.recv::<AllocateResponse>().await.unwrap() {
+                AllocateResponse::Assigned(a) => a,
+                other => panic!("expected an assignment, got {other:?}"),
+            }
+        }
+
+        pub async fn open_job(
+            &self,
+            assignment: &Assignment,
+            request: &JobRequest,
+        ) -> (quinn::Connection, FrameWriter, FrameReader) {
+            let conn = distcc_rs_net::connect(&self.endpoint, assignment.addr, &self.opts)
+                .await
+                .expect("the node answers");
+            let (mut w, r) = open_stream(&conn).await.unwrap();
+            w.send(request).await.unwrap();
+            (conn, w, r)
+        }
+    }
+
+    pub async fn need(r: &mut FrameReader) -> Vec<Digest> {
+        match r.recv::<JobAccept>().await.unwrap() {
+            JobAccept::NeedBlobs(list) => list,
+            JobAccept::Rejected(e) => panic!("the node refused the job: {e}"),
+        }
+    }
+
+    /// Sends `content` under `digest`, announcing `announced` bytes.
+    pub async fn send_blob(w: &mut FrameWriter, digest: Digest, announced: u64, content: &[u8]) {
+        w.send(&BlobHeader {
+            digest,
+            size: announced,
+        })
+        .await
+        .unwrap();
+        send_compressed(w, content, 3).await.unwrap();
+    }
+
+    /// Reads job events to the end; returns the exit code and the outputs'
+    /// paths.
+    pub async fn finish(r: &mut FrameReader) -> (i32, Vec<String>) {
+        let mut outputs = Vec::new();
+        loop {
+            match r.recv::<JobEvent>().await.unwrap() {
+                JobEvent::Output(header) => {
+                    recv_compressed(r, std::io::sink(), header.size)
+                        .await
+                        .unwrap();
+                    outputs.push(header.path);
+                }
+                JobEvent::Exited { code } => return (code, outputs),
+                JobEvent::Failed(e) => panic!("the job failed: {e}"),
+                JobEvent::Running | JobEvent::Stderr(_) | JobEvent::Stdout(_) => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn damaged_inputs_are_asked_for_again_and_the_job_still_compiles() {
+    use distcc_rs_proto::Digest;
+    use distcc_rs_proto::message::{FileEntry, JobRequest};
+
+    let _serial = farm_test();
+    let work = tempfile::tempdir().expect("a temp dir");
+    let scratch = work.path().join("scratch");
+    let scheduler = Scheduler::start(&scratch);
+    let _node = Node::start(&scratch, scheduler.addr(), "n1", &[]);
+
+    // One ordinary farm build puts the toolchain on the scheduler.
+    let fixture = copy_fixture("workspace");
+    let farm = FarmEnv::new(scheduler.addr(), &fixture.scratch().join("client"));
+    farm_build(&fixture, &farm);
+    let toolchain = distcc_rs_e2e::status(scheduler.addr()).toolchains[0].id;
+
+    let project = work.path().join("tiny");
+    let src = project.join("src/lib.rs");
+    let out = project.join("out");
+    std::fs::create_dir_all(src.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    let content = b"pub fn tiny() -> u32 { 7 }\n".to_vec();
+    std::fs::write(&src, &content).unwrap();
+    let digest = Digest(*blake3::hash(&content).as_bytes());
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let session = raw_client::Session::new(scheduler.addr());
+        let assignment = session.allocate(scheduler.addr(), toolchain).await;
+        let request = JobRequest {
+            ticket: assignment.ticket,
+            crate_name: "tiny".into(),
+            args: [
+                "--crate-name",
+                "tiny",
+                "--edition=2021",
+                &s(&src),
+                "--crate-type",
+                "lib",
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain(["--emit=link".into(), "--out-dir".into(), s(&out)])
+            .collect(),
+            env: vec![],
+            cwd: s(&project),
+            files: vec![FileEntry {
+                path: s(&src),
+                digest,
+                size: content.len() as u64,
+                executable: false,
+            }],
+            dirs: vec![s(&project), s(&out)],
+            output_dirs: vec![s(&out)],
+        };
+        let (_conn, mut w, mut r) = session.open_job(&assignment, &request).await;
+        assert_eq!(raw_client::need(&mut r).await, vec![digest]);
+
+        // A flipped byte: the content no longer hashes to its digest.
+        let mut flipped = content.clone();
+        flipped[3] ^= 0x20;
+        raw_client::send_blob(&mut w, digest, content.len() as u64, &flipped).await;
+        assert_eq!(
+            raw_client::need(&mut r).await,
+            vec![digest],
+            "asked again after a flip"
+        );
+
+        // Truncated: fewer bytes than announced.
+        let half = &content[..content.len() / 2];
+        raw_client::send_blob(&mut w, digest, content.len() as u64, half).await;
+        assert_eq!(
+            raw_client::need(&mut r).await,
+            vec![digest],
+            "asked again after a cut"
+        );
+
+        raw_client::send_blob(&mut w, digest, content.len() as u64, &content).await;
+        assert!(
+            raw_client::need(&mut r).await.is_empty(),
+            "everything is in place now"
+        );
+        let (code, outputs) = raw_client::finish(&mut r).await;
+        assert_eq!(code, 0);
+        assert_eq!(outputs, vec![s(&out.join("libtiny.rlib"))]);
+    });
+}
