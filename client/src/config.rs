@@ -20,6 +20,10 @@ pub mod vars {
     pub const LOG_FILE: &str = "DISTCC_RS_LOG_FILE";
     /// Set to `1` to compile everything locally.
     pub const DISABLE: &str = "DISTCC_RS_DISABLE";
+    /// Set to `0` or `false` to hold back the `.rmeta` notification of a
+    /// farm compile until the compile ends, as a farm without pipelining
+    /// would (for benchmarks).
+    pub const PIPELINING: &str = "DISTCC_RS_PIPELINING";
 }
 
 /// The client's settings.
@@ -29,6 +33,9 @@ pub struct ClientConfig {
     pub cache_dir: PathBuf,
     pub events: Option<PathBuf>,
     pub disabled: bool,
+    /// Whether cargo hears of a farm compile's `.rmeta` as soon as it
+    /// arrives (so dependents start early), or only when the compile ends.
+    pub pipelining: bool,
 }
 
 impl ClientConfig {
@@ -55,6 +62,7 @@ impl ClientConfig {
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from),
             disabled: lookup(vars::DISABLE).is_some_and(|v| v == "1" || v == "true"),
+            pipelining: !lookup(vars::PIPELINING).is_some_and(|v| v == "0" || v == "false"),
         }
     }
 }
@@ -80,15 +88,20 @@ mod tests {
         assert_eq!(c.scheduler, Some(Ok("127.0.0.1:7700".parse().unwrap())));
         assert_eq!(c.cache_dir, PathBuf::from("/home/u/.cache/distcc-rs"));
         assert!(!c.disabled);
+        assert!(c.pipelining);
 
         let c = ClientConfig::from_lookup(env(&[
             ("DISTCC_RS_SCHEDULER", "not an address"),
             ("DISTCC_RS_CACHE_DIR", "/c"),
             ("DISTCC_RS_DISABLE", "1"),
+            ("DISTCC_RS_PIPELINING", "0"),
         ]));
         assert!(matches!(c.scheduler, Some(Err(_))));
         assert_eq!(c.cache_dir, PathBuf::from("/c"));
         assert!(c.disabled);
+        assert!(!c.pipelining);
+        assert!(!ClientConfig::from_lookup(env(&[("DISTCC_RS_PIPELINING", "false")])).pipelining);
+        assert!(ClientConfig::from_lookup(env(&[("DISTCC_RS_PIPELINING", "1")])).pipelining);
 
         let c = ClientConfig::from_lookup(env(&[]));
         assert_eq!(c.scheduler, None);

@@ -33,6 +33,24 @@ pub struct Event {
     pub reason: Option<String>,
     pub exit_code: Option<i32>,
     pub ms: u64,
+    /// Files in the farm job's manifest. These four are set once a farm job
+    /// has a manifest (remote compiles, and fallbacks that got that far),
+    /// and absent from lines older than them.
+    #[serde(default)]
+    pub inputs: Option<usize>,
+    /// Input blobs sent to the node (the ones its store lacked), counting
+    /// only blobs sent in full before any failure.
+    #[serde(default)]
+    pub blobs_sent: Option<usize>,
+    /// Bytes of those blobs on the wire: zstd-compressed chunk payloads,
+    /// without frame headers.
+    #[serde(default)]
+    pub bytes_sent: Option<u64>,
+    /// Bytes of the outputs received (`.rmeta`, `.rlib`, `.d`) on the wire:
+    /// zstd-compressed chunk payloads, without frame headers. Diagnostics
+    /// and stdout are not counted.
+    #[serde(default)]
+    pub bytes_received: Option<u64>,
 }
 
 /// Appends an event. A single `write` of a line to a file opened for
@@ -68,6 +86,10 @@ mod tests {
             reason: None,
             exit_code: Some(0),
             ms: 12,
+            inputs: Some(40),
+            blobs_sent: Some(3),
+            bytes_sent: Some(123_456),
+            bytes_received: Some(7_890),
         };
         append(&path, &ev);
         append(
@@ -85,6 +107,25 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0], ev);
         assert!(text.contains(r#""where":"remote""#) && text.contains(r#""crate":"serde""#));
+        for field in [
+            r#""inputs":40"#,
+            r#""blobs_sent":3"#,
+            r#""bytes_sent":123456"#,
+            r#""bytes_received":7890"#,
+        ] {
+            assert!(text.contains(field), "{field} in {text}");
+        }
+    }
+
+    #[test]
+    fn lines_from_before_the_traffic_fields_still_parse() {
+        let old = r#"{"crate":"base","crate_types":["lib"],"where":"remote","node":"n1","reason":null,"exit_code":0,"ms":123}"#;
+        let ev: Event = serde_json::from_str(old).unwrap();
+        assert_eq!(ev.ms, 123);
+        assert_eq!(
+            (ev.inputs, ev.blobs_sent, ev.bytes_sent, ev.bytes_received),
+            (None, None, None, None)
+        );
     }
 }
 
@@ -136,7 +177,32 @@ pub fn summarize(events: &[Event]) -> String {
         count(Placement::Local),
         count(Placement::Fallback)
     );
+    let inputs: usize = events.iter().filter_map(|e| e.inputs).sum();
+    let blobs: usize = events.iter().filter_map(|e| e.blobs_sent).sum();
+    let sent: u64 = events.iter().filter_map(|e| e.bytes_sent).sum();
+    let received: u64 = events.iter().filter_map(|e| e.bytes_received).sum();
+    let _ = writeln!(
+        out,
+        "farm traffic: {blobs} of {inputs} inputs sent as blobs ({}), {} of outputs received (compressed)",
+        human_bytes(sent),
+        human_bytes(received)
+    );
     out
+}
+
+/// A byte count for people: `512 B`, `3.4 KiB`, `12.3 MiB`, `1.5 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]
@@ -152,23 +218,60 @@ mod summary_tests {
             reason: reason.map(Into::into),
             exit_code: Some(0),
             ms: 1500,
+            inputs: None,
+            blobs_sent: None,
+            bytes_sent: None,
+            bytes_received: None,
         }
     }
 
     #[test]
     fn summary_counts_each_placement_and_skips_probes() {
+        let traffic = |e: Event, blobs, sent, received| Event {
+            inputs: Some(10),
+            blobs_sent: Some(blobs),
+            bytes_sent: Some(sent),
+            bytes_received: Some(received),
+            ..e
+        };
         let events = vec![
             ev("___", Placement::Local, None, Some("probe")),
-            ev("serde", Placement::Remote, Some("node-1"), None),
+            traffic(
+                ev("serde", Placement::Remote, Some("node-1"), None),
+                4,
+                3 << 20,
+                1 << 20,
+            ),
             ev("app", Placement::Local, None, Some("crate type bin")),
-            ev("libc", Placement::Fallback, None, Some("node lost")),
+            traffic(
+                ev("libc", Placement::Fallback, None, Some("node lost")),
+                1,
+                1 << 19,
+                0,
+            ),
         ];
         let s = summarize(&events);
         assert!(
             s.contains("3 compiles: 1 remote, 1 local by choice, 1 fell back to local"),
             "{s}"
         );
+        assert!(
+            s.contains(
+                "farm traffic: 5 of 20 inputs sent as blobs (3.5 MiB), 1.0 MiB of outputs received"
+            ),
+            "{s}"
+        );
         assert!(s.contains("serde") && s.contains("on node-1") && s.contains("node lost"));
         assert!(!s.contains("___"));
+    }
+
+    #[test]
+    fn byte_counts_for_people() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 << 20), "5.0 MiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(human_bytes(2048 << 30), "2048.0 GiB");
     }
 }

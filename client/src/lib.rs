@@ -10,6 +10,7 @@
 //! * [`outputs`]: which paths a node may write on this machine (pure).
 //! * [`package`]: the package directory shipped for proc-macros that read files.
 //! * [`config`]: settings from the environment.
+//! * [`hashcache`]: input digests remembered across compiles.
 //! * [`remote`]: one job on the farm, from pre-pass to written outputs.
 //! * [`local`]: running rustc here, untouched or after a failed farm attempt.
 //! * [`events`]: the per-invocation event log.
@@ -24,6 +25,7 @@ pub mod argv;
 pub mod config;
 pub mod depinfo;
 pub mod events;
+pub mod hashcache;
 pub mod inputs;
 pub mod local;
 pub mod outputs;

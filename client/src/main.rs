@@ -19,9 +19,11 @@ use distcc_rs::config::{ClientConfig, vars};
 /// Library crates compile on the farm; binaries, proc-macros, build scripts
 /// and incremental compiles run locally, and so does anything the farm
 /// cannot do at the moment. Settings: DISTCC_RS_SCHEDULER (host:port),
-/// DISTCC_RS_CACHE_DIR (toolchain bundle cache), DISTCC_RS_EVENTS (a JSON
-/// line per compile), DISTCC_RS_LOG (log filter, e.g. `debug`) with
-/// DISTCC_RS_LOG_FILE, DISTCC_RS_DISABLE=1 (compile everything locally).
+/// DISTCC_RS_CACHE_DIR (toolchain bundles and input digests), DISTCC_RS_EVENTS
+/// (a JSON line per compile), DISTCC_RS_LOG (log filter, e.g. `debug`) with
+/// DISTCC_RS_LOG_FILE, DISTCC_RS_DISABLE=1 (compile everything locally),
+/// DISTCC_RS_PIPELINING=0 (tell cargo a farm compile's .rmeta is ready only
+/// when the compile ends, as a farm without pipelining would; for benchmarks).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, verbatim_doc_comment)]
 struct Cli {
@@ -41,7 +43,7 @@ enum Command {
         json: bool,
     },
     /// Summarises an event log (see DISTCC_RS_EVENTS): where each compile
-    /// ran and why.
+    /// ran and why, and how many bytes went to and came from the farm.
     Stats {
         /// The event log [default: $DISTCC_RS_EVENTS].
         #[arg(long)]

@@ -8,13 +8,13 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use distcc_rs_net::{EndpointOptions, NetError, PeerAuth, open_stream, payload};
+use distcc_rs_net::{EndpointOptions, FrameReader, NetError, PeerAuth, open_stream, payload};
 use distcc_rs_pack::{Bundle, PackOptions};
 use distcc_rs_proto::Digest;
 use distcc_rs_proto::message::{
@@ -25,6 +25,7 @@ use tracing::{debug, info};
 
 use crate::argv::{self, CompileJob};
 use crate::config::ClientConfig;
+use crate::hashcache::{HashCache, Outcome};
 use crate::outputs::OutputPolicy;
 use crate::package::{self, PackageLimits};
 use crate::{depinfo, inputs};
@@ -57,6 +58,20 @@ pub enum FarmError {
     Net { node: String, source: NetError },
     #[error("node {node} sent a bad output: {reason}")]
     Output { node: String, reason: String },
+}
+
+/// What a farm attempt moved, for the event log. Byte counts are the
+/// zstd-compressed chunk payloads on the wire, without frame headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Files in the job manifest; `None` until the job had one, in which
+    /// case nothing was sent either.
+    pub inputs: Option<usize>,
+    /// Input blobs sent in full.
+    pub blobs_sent: usize,
+    pub bytes_sent: u64,
+    /// Output files only: diagnostics and stdout are not counted.
+    pub bytes_received: u64,
 }
 
 /// A job that did not finish on the farm, with the stderr lines already
@@ -92,13 +107,15 @@ struct Prepared {
     paths: HashMap<Digest, PathBuf>,
 }
 
-/// Compiles `job` on the farm whose scheduler is at `scheduler`.
+/// Compiles `job` on the farm whose scheduler is at `scheduler`. `traffic`
+/// receives what was sent and received, whether the job succeeds or not.
 pub fn compile(
     rustc: &Path,
     args: &[String],
     job: &CompileJob,
     scheduler: SocketAddr,
     config: &ClientConfig,
+    traffic: &mut Traffic,
 ) -> Result<Success, Failure> {
     if let Some(reason) = recently_down(&config.cache_dir, scheduler) {
         return Err(FarmError::SchedulerUnreachable {
@@ -123,7 +140,7 @@ pub fn compile(
         .enable_all()
         .build()
         .map_err(|e| FarmError::Upload(format!("cannot start the async runtime: {e}")))?;
-    rt.block_on(farm(rustc, args, job, scheduler, &bundle, config))
+    rt.block_on(farm(rustc, args, job, scheduler, &bundle, config, traffic))
 }
 
 /// Finds, hashes and describes the job's inputs. Runs only once a node is
@@ -133,6 +150,7 @@ fn prepare(
     args: &[String],
     job: &CompileJob,
     ticket: distcc_rs_proto::Ticket,
+    hashes: &HashCache,
 ) -> Result<Prepared, FarmError> {
     // Cheap: derived from rustc's location when cargo passes the real
     // binary, which it does (rustup resolves its proxy first).
@@ -180,19 +198,34 @@ fn prepare(
         all_files.sort();
         all_files.dedup();
     }
+    let started = Instant::now();
+    let (mut hits, mut hashed_bytes) = (0usize, 0u64);
     let mut files = Vec::with_capacity(all_files.len());
     let mut paths = HashMap::new();
     for path in &all_files {
-        let (digest, size, executable) =
-            hash_file(path).map_err(|e| FarmError::Inputs(format!("{}: {e}", path.display())))?;
+        let (h, outcome) = hashes
+            .hash(path)
+            .map_err(|e| FarmError::Inputs(format!("{}: {e}", path.display())))?;
+        match outcome {
+            Outcome::Hit => hits += 1,
+            Outcome::Stored | Outcome::Uncached => hashed_bytes += h.size,
+        }
         files.push(FileEntry {
             path: utf8(path)?,
-            digest,
-            size,
-            executable,
+            digest: h.digest,
+            size: h.size,
+            executable: h.executable,
         });
-        paths.insert(digest, path.clone());
+        paths.insert(h.digest, path.clone());
     }
+    debug!(
+        crate_name = %job.crate_name,
+        files = files.len(),
+        hits,
+        hashed_bytes,
+        ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+        "inputs hashed"
+    );
     let request = JobRequest {
         ticket,
         crate_name: job.crate_name.clone(),
@@ -246,19 +279,6 @@ fn is_local_only(name: &str) -> bool {
         || name.starts_with("LD_")
 }
 
-fn hash_file(path: &Path) -> std::io::Result<(Digest, u64, bool)> {
-    use std::os::unix::fs::PermissionsExt;
-    let file = fs::File::open(path)?;
-    let meta = file.metadata()?;
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(file)?;
-    Ok((
-        Digest(*hasher.finalize().as_bytes()),
-        meta.len(),
-        meta.permissions().mode() & 0o111 != 0,
-    ))
-}
-
 fn down_marker(cache_dir: &Path, scheduler: SocketAddr) -> PathBuf {
     cache_dir.join(format!(
         "scheduler-down-{}",
@@ -286,6 +306,7 @@ async fn farm(
     scheduler: SocketAddr,
     bundle: &Bundle,
     config: &ClientConfig,
+    traffic: &mut Traffic,
 ) -> Result<Success, Failure> {
     let opts = EndpointOptions::default();
     let unreachable = |reason: String| FarmError::SchedulerUnreachable {
@@ -344,8 +365,17 @@ async fn farm(
     };
     debug!(job_id = %assignment.job, node = %assignment.node_name, "placed");
     let mut forwarded = Vec::new();
-    let result = match prepare(rustc, args, job, assignment.ticket) {
-        Ok(prepared) => run_job(&endpoint, &opts, &assignment, &prepared, &mut forwarded).await,
+    let hashes = HashCache::new(config.cache_dir.join("hashes"));
+    let result = match prepare(rustc, args, job, assignment.ticket, &hashes) {
+        Ok(prepared) => {
+            traffic.inputs = Some(prepared.request.files.len());
+            let mut attempt = Attempt {
+                forwarded: &mut forwarded,
+                traffic,
+                pipelining: config.pipelining,
+            };
+            run_job(&endpoint, &opts, &assignment, &prepared, &mut attempt).await
+        }
         Err(e) => Err(e),
     };
     if result.is_err() {
@@ -375,18 +405,20 @@ async fn release(conn: &quinn::Connection, job: distcc_rs_proto::JobId) {
     }
 }
 
-/// Sends the blobs a node asked for, compressed. Returns the bytes sent.
+/// Sends the blobs a node asked for, compressed, counting each one in
+/// `traffic` as soon as it is sent (so a failure part-way still reports
+/// what went).
 async fn send_blobs(
     w: &mut distcc_rs_net::FrameWriter,
     missing: &[Digest],
     prepared: &Prepared,
     node: &str,
-) -> Result<u64, FarmError> {
+    traffic: &mut Traffic,
+) -> Result<(), FarmError> {
     let net = |source: NetError| FarmError::Net {
         node: node.to_owned(),
         source,
     };
-    let mut sent = 0u64;
     for digest in missing {
         let path = prepared
             .paths
@@ -410,9 +442,10 @@ async fn send_blobs(
         let (_, wire) = payload::send_compressed(w, file, BLOB_ZSTD_LEVEL)
             .await
             .map_err(net)?;
-        sent += wire;
+        traffic.blobs_sent += 1;
+        traffic.bytes_sent += wire;
     }
-    Ok(sent)
+    Ok(())
 }
 
 /// Uploads the toolchain bundle, once per farm even when many wrappers
@@ -464,12 +497,21 @@ async fn upload(
     }
 }
 
+/// The state of one farm attempt that outlives its failure.
+struct Attempt<'a> {
+    /// Stderr lines already shown to cargo.
+    forwarded: &'a mut Vec<Vec<u8>>,
+    traffic: &'a mut Traffic,
+    /// When false, the `.rmeta` notification waits for rustc's exit.
+    pipelining: bool,
+}
+
 async fn run_job(
     endpoint: &quinn::Endpoint,
     opts: &EndpointOptions,
     assignment: &Assignment,
     prepared: &Prepared,
-    forwarded: &mut Vec<Vec<u8>>,
+    attempt: &mut Attempt<'_>,
 ) -> Result<i32, FarmError> {
     let node = assignment.node_name.clone();
     let net = |source: NetError| FarmError::Net {
@@ -481,30 +523,35 @@ async fn run_job(
         .map_err(net)?;
     let (mut w, mut r) = open_stream(&conn).await.map_err(net)?;
     w.send(&prepared.request).await.map_err(net)?;
-    let mut sent = 0u64;
-    let mut blobs = 0usize;
     loop {
         let missing = match r.recv::<JobAccept>().await.map_err(net)? {
             JobAccept::Rejected(source) => return Err(FarmError::Job { node, source }),
             JobAccept::NeedBlobs(missing) if missing.is_empty() => break,
             JobAccept::NeedBlobs(missing) => missing,
         };
-        blobs += missing.len();
-        sent += send_blobs(&mut w, &missing, prepared, &node).await?;
+        send_blobs(&mut w, &missing, prepared, &node, attempt.traffic).await?;
     }
-    debug!(blobs, bytes = sent, "inputs sent");
+    debug!(
+        blobs = attempt.traffic.blobs_sent,
+        bytes = attempt.traffic.bytes_sent,
+        "inputs sent"
+    );
 
     let mut stderr = std::io::stderr().lock();
     let mut received = std::collections::HashSet::new();
+    // Lines held back until rustc exits: without pipelining, the `.rmeta`
+    // notification. They count as forwarded only once written, so a job
+    // that fails before then leaves them to the local rerun.
+    let mut held: Vec<Vec<u8>> = Vec::new();
     loop {
         match r.recv::<JobEvent>().await.map_err(net)? {
             JobEvent::Running => {}
+            JobEvent::Stderr(bytes) if !attempt.pipelining && is_metadata_artifact(&bytes) => {
+                held.push(bytes);
+            }
             JobEvent::Stderr(bytes) => {
-                // A failed write to our own stderr means cargo went away;
-                // nothing useful can be done about it here.
-                let _ = stderr.write_all(&bytes);
-                let _ = stderr.flush();
-                forwarded.push(bytes);
+                forward(&mut stderr, &bytes);
+                attempt.forwarded.push(bytes);
             }
             JobEvent::Output(header) => {
                 let bad = |reason: String| FarmError::Output {
@@ -522,9 +569,10 @@ async fn run_job(
                     .prefix(".distcc-rs-")
                     .tempfile_in(parent)
                     .map_err(|e| bad(format!("cannot write in {}: {e}", parent.display())))?;
-                let (_, size) = payload::recv_compressed(&mut r, tmp.as_file_mut(), header.size)
+                let (size, wire) = recv_output(&mut r, tmp.as_file_mut(), header.size)
                     .await
                     .map_err(net)?;
+                attempt.traffic.bytes_received += wire;
                 if size != header.size {
                     return Err(bad(format!(
                         "{} arrived with {size} of {} bytes",
@@ -551,6 +599,10 @@ async fn run_job(
                         reason: format!("rustc succeeded but {} never arrived", missing.display()),
                     });
                 }
+                for line in held {
+                    forward(&mut stderr, &line);
+                    attempt.forwarded.push(line);
+                }
                 return Ok(code);
             }
             JobEvent::Stdout(bytes) => {
@@ -560,5 +612,156 @@ async fn run_job(
             }
             JobEvent::Failed(source) => return Err(FarmError::Job { node, source }),
         }
+    }
+}
+
+/// Writes a piece of rustc's stderr through to cargo. A failed write means
+/// cargo went away; nothing useful can be done about it here.
+fn forward(stderr: &mut impl Write, bytes: &[u8]) {
+    let _ = stderr.write_all(bytes);
+    let _ = stderr.flush();
+}
+
+/// Whether a stderr line is rustc's notification that the `.rmeta` is
+/// written (`{"$message_type":"artifact",...,"emit":"metadata"}`), the line
+/// cargo starts dependent crates on.
+fn is_metadata_artifact(line: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Note<'a> {
+        #[serde(rename = "$message_type", borrow)]
+        message_type: Option<&'a str>,
+        #[serde(borrow)]
+        emit: Option<&'a str>,
+    }
+    // Diagnostics are long and numerous; only parse what could be a
+    // notification.
+    if !line.windows(10).any(|w| w == b"\"artifact\"") {
+        return false;
+    }
+    serde_json::from_slice::<Note<'_>>(line.trim_ascii_end())
+        .is_ok_and(|n| n.message_type == Some("artifact") && n.emit == Some("metadata"))
+}
+
+/// Receives one output's zstd chunk stream into `out`, refusing to
+/// decompress more than `limit` bytes. Returns (decompressed bytes, bytes on
+/// the wire). This is `payload::recv_compressed` without the hashing and
+/// with the wire count the event log reports.
+async fn recv_output(
+    r: &mut FrameReader,
+    out: impl Write,
+    limit: u64,
+) -> Result<(u64, u64), NetError> {
+    let sink = LimitedWriter {
+        inner: out,
+        written: 0,
+        limit,
+    };
+    let mut decoder = zstd::stream::write::Decoder::new(sink)?;
+    let mut wire = 0u64;
+    // After a bad payload the rest of its chunks are still read, so the
+    // stream stays in step.
+    let mut failed = None;
+    while let Some(chunk) = r.recv_chunk().await? {
+        wire += chunk.len() as u64;
+        if failed.is_none()
+            && let Err(e) = decoder.write_all(&chunk)
+        {
+            failed = Some(e);
+        }
+    }
+    let flushed = match failed {
+        Some(e) => Err(e),
+        None => decoder.flush(),
+    };
+    flushed.map_err(|e| {
+        if e.kind() == io::ErrorKind::FileTooLarge {
+            NetError::PayloadTooLarge { limit }
+        } else {
+            NetError::Io(e)
+        }
+    })?;
+    Ok((decoder.into_inner().written, wire))
+}
+
+/// A writer that stops at a size limit, so a decompression bomb cannot
+/// fill the disk.
+struct LimitedWriter<W> {
+    inner: W,
+    written: u64,
+    limit: u64,
+}
+
+impl<W: Write> Write for LimitedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.written + buf.len() as u64 > self.limit {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "output over its announced size",
+            ));
+        }
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_metadata_notification_is_held_back() {
+        let yes: [&[u8]; 2] = [
+            br#"{"$message_type":"artifact","artifact":"/p/target/debug/deps/libx-1.rmeta","emit":"metadata"}"#,
+            b"{\"$message_type\":\"artifact\",\"artifact\":\"/t/libx.rmeta\",\"emit\":\"metadata\"}\n",
+        ];
+        let no: [&[u8]; 6] = [
+            br#"{"$message_type":"artifact","artifact":"/p/target/debug/deps/x-1.d","emit":"dep-info"}"#,
+            br#"{"$message_type":"artifact","artifact":"/p/libx.rlib","emit":"link"}"#,
+            br#"{"$message_type":"diagnostic","message":"unused \"artifact\" metadata","emit":"metadata"}"#,
+            br#"{"$message_type":"artifact","artifact":"/p/libx.rmeta","emit":"metadata""#,
+            b"warning: \"artifact\" emit metadata\n",
+            b"",
+        ];
+        for line in yes {
+            assert!(
+                is_metadata_artifact(line),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        for line in no {
+            assert!(
+                !is_metadata_artifact(line),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn an_output_stops_at_its_announced_size() {
+        let data = vec![7u8; 100_000];
+        let compressed = zstd::encode_all(&data[..], 3).unwrap();
+        let decode = |limit: u64| {
+            let mut out = Vec::new();
+            let sink = LimitedWriter {
+                inner: &mut out,
+                written: 0,
+                limit,
+            };
+            let mut decoder = zstd::stream::write::Decoder::new(sink).unwrap();
+            decoder
+                .write_all(&compressed)
+                .and_then(|()| decoder.flush())
+                .map(|()| decoder.into_inner().written)
+        };
+        assert_eq!(decode(100_000).unwrap(), 100_000);
+        let err = decode(99_999).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
     }
 }

@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use crate::argv::{self, Classification};
 use crate::config::ClientConfig;
 use crate::events::{self, Event, Placement};
+use crate::remote::Traffic;
 use crate::{local, remote};
 
 /// Handles one rustc invocation: `rustc` is the compiler cargo asked for,
@@ -21,8 +22,12 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
                   placement: Placement,
                   node: Option<String>,
                   reason: Option<String>,
-                  exit_code: Option<i32>| {
+                  exit_code: Option<i32>,
+                  traffic: Traffic| {
         if let Some(path) = &config.events {
+            // Traffic is reported only for jobs that got as far as a
+            // manifest; before that nothing can have been sent.
+            let farm = traffic.inputs.is_some();
             events::append(
                 path,
                 &Event {
@@ -33,6 +38,10 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
                     reason,
                     exit_code,
                     ms: started.elapsed().as_millis() as u64,
+                    inputs: traffic.inputs,
+                    blobs_sent: farm.then_some(traffic.blobs_sent),
+                    bytes_sent: farm.then_some(traffic.bytes_sent),
+                    bytes_received: farm.then_some(traffic.bytes_received),
                 },
             );
         }
@@ -48,6 +57,7 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
                 None,
                 Some(e.to_string()),
                 None,
+                Traffic::default(),
             );
             return exec_local(rustc, &args);
         }
@@ -63,6 +73,7 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
                 None,
                 Some(reason.to_string()),
                 None,
+                Traffic::default(),
             );
             return exec_local(rustc, &args);
         }
@@ -79,11 +90,20 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
     let scheduler = match scheduler {
         Ok(s) => s,
         Err(reason) => {
-            record(name, types, Placement::Local, None, Some(reason), None);
+            record(
+                name,
+                types,
+                Placement::Local,
+                None,
+                Some(reason),
+                None,
+                Traffic::default(),
+            );
             return exec_local(rustc, &args);
         }
     };
-    match remote::compile(rustc, &expanded, &job, scheduler, &config) {
+    let mut traffic = Traffic::default();
+    match remote::compile(rustc, &expanded, &job, scheduler, &config, &mut traffic) {
         Ok(done) => {
             info!(crate_name = %job.crate_name, node = %done.node, code = done.exit_code, "compiled on the farm");
             record(
@@ -93,6 +113,7 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
                 Some(done.node),
                 None,
                 Some(done.exit_code),
+                traffic,
             );
             done.exit_code
         }
@@ -112,6 +133,7 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
                 None,
                 Some(failure.error.to_string()),
                 Some(code),
+                traffic,
             );
             code
         }

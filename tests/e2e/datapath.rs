@@ -96,6 +96,10 @@ fn rmeta_reaches_cargo_before_the_remote_rustc_exits() {
         .args(["--error-format=json", "--json=artifacts", "--out-dir"])
         .arg(&out_dir)
         .current_dir(&project)
+        // Settings of the developer's own shell must not leak into the test.
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
         .envs(farm.vars())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
