@@ -238,6 +238,58 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
+/// Whether a job may skip the dep-info pre-pass.
+///
+/// Cargo passes `--cap-lints` only for crates that are not part of the
+/// workspace: registry and git dependencies. A published package cannot read
+/// files outside its own directory (cargo checks that when it packages it),
+/// so the package directory, `OUT_DIR` and the crate files rustc may load
+/// from `-L dependency=` directories are a complete input set, and the
+/// pre-pass (5-15% of a debug compile, spent on the client) buys nothing.
+/// A staticlib needs the rlib of every transitive dependency, which only the
+/// pre-pass names precisely, so it keeps it.
+pub fn can_skip_prepass(args: &[String], job: &CompileJob) -> bool {
+    let foreign = args
+        .iter()
+        .any(|a| a == "--cap-lints" || a.starts_with("--cap-lints="));
+    foreign && job.crate_types.iter().all(|t| t == "lib" || t == "rlib")
+}
+
+/// Whether rustc could load `name` as a crate when compiling a library:
+/// metadata files, and proc-macro libraries (which hold their metadata
+/// themselves).
+pub fn is_loadable_crate_file(name: &str) -> bool {
+    name.starts_with("lib") && (name.ends_with(".rmeta") || name.ends_with(".so"))
+}
+
+/// The crate files in the job's `-L dependency=` (and `-L all=`)
+/// directories: what rustc searches for the dependencies of its
+/// dependencies. Without a pre-pass they all go, so the node sees what
+/// rustc would see here. Temporary files (dot-files) are skipped.
+pub fn dependency_crate_files(job: &CompileJob, cwd: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for sp in &job.search_paths {
+        if !matches!(sp.kind, SearchKind::Dependency | SearchKind::All) {
+            continue;
+        }
+        let dir = normalize(&cwd.join(&sp.path));
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if is_loadable_crate_file(name) && entry.file_type()?.is_file() {
+                out.push(dir.join(name));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,5 +640,74 @@ mod tests {
             });
             assert_eq!(got, expected, "{name}");
         }
+    }
+}
+
+#[cfg(test)]
+mod prepass_tests {
+    use super::*;
+    use crate::argv::{Classification, classify};
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    fn job(args: &[String]) -> CompileJob {
+        match classify(args) {
+            Classification::Distribute(job) => job,
+            Classification::Local(r) => panic!("{r}"),
+        }
+    }
+
+    #[test]
+    fn only_foreign_libraries_skip_the_prepass() {
+        let cases = [
+            (
+                "--crate-name serde src/lib.rs --crate-type lib --cap-lints allow",
+                true,
+            ),
+            (
+                "--crate-name serde src/lib.rs --crate-type rlib --cap-lints=warn",
+                true,
+            ),
+            // A workspace member: it may #[path] or include! anything.
+            ("--crate-name base src/lib.rs --crate-type lib", false),
+            // A staticlib needs every transitive rlib, which only dep-info names.
+            (
+                "--crate-name s src/lib.rs --crate-type staticlib --cap-lints allow",
+                false,
+            ),
+        ];
+        for (line, skip) in cases {
+            let a = args(line);
+            assert_eq!(can_skip_prepass(&a, &job(&a)), skip, "{line}");
+        }
+    }
+
+    #[test]
+    fn dependency_dirs_yield_their_crate_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let deps = dir.path().join("deps");
+        std::fs::create_dir_all(deps.join("rmeta1234")).unwrap();
+        for f in [
+            "libserde-1.rmeta",
+            "libserde-1.rlib",
+            "libderive-2.so",
+            "serde-1.d",
+            ".distcc-rs-tmp.rmeta",
+            "build_script-3",
+        ] {
+            std::fs::write(deps.join(f), b"x").unwrap();
+        }
+        let a = args(&format!(
+            "--crate-name x src/lib.rs --crate-type lib -L dependency={} --cap-lints allow",
+            deps.display()
+        ));
+        let got = dependency_crate_files(&job(&a), dir.path()).unwrap();
+        let names: Vec<String> = got
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["libderive-2.so", "libserde-1.rmeta"]);
     }
 }

@@ -159,34 +159,32 @@ fn prepare(
     let cwd = std::env::current_dir()
         .map_err(|e| FarmError::Inputs(format!("no working directory: {e}")))?;
 
-    // The pre-pass: the real arguments, emitting only dep-info, with every
-    // crate file rustc loads listed too (an unstable flag, unlocked for this
-    // run only).
-    let scratch = tempfile::tempdir().map_err(|e| FarmError::Prepass(e.to_string()))?;
-    let d_path = scratch.path().join("prepass.d");
-    let d_str = d_path
-        .to_str()
-        .ok_or_else(|| FarmError::Prepass("temp dir is not UTF-8".into()))?;
-    let out = Command::new(rustc)
-        .args(argv::prepass_args(args, d_str))
-        .env("RUSTC_BOOTSTRAP", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| FarmError::Prepass(format!("cannot run rustc: {e}")))?;
-    if !out.status.success() {
-        let text = String::from_utf8_lossy(&out.stderr);
-        return Err(FarmError::Prepass(text.chars().take(400).collect()));
-    }
-    let text = fs::read_to_string(&d_path).map_err(|e| FarmError::Prepass(e.to_string()))?;
-    let deps = depinfo::parse(&text).map_err(|e| FarmError::Prepass(e.to_string()))?;
+    let skip_prepass = inputs::can_skip_prepass(args, job);
+    let deps = if skip_prepass {
+        depinfo::DepInfo::default()
+    } else {
+        run_prepass(rustc, args, job)?
+    };
 
     let env = shipped_env();
     let plan = inputs::plan(job, &deps, &cwd, &sysroot, &env)
         .map_err(|e| FarmError::Inputs(e.to_string()))?;
 
     let mut all_files = plan.files.clone();
+    if skip_prepass {
+        all_files.extend(
+            inputs::dependency_crate_files(job, &cwd)
+                .map_err(|e| FarmError::Inputs(format!("listing dependency crates: {e}")))?,
+        );
+        // What the build script generated, whether or not anything
+        // `include!`s it: without dep-info there is no telling which.
+        if let Some(out_dir) = env.iter().find(|(k, _)| k == "OUT_DIR").map(|(_, v)| v) {
+            all_files.extend(
+                package::files(Path::new(out_dir), PackageLimits::default())
+                    .map_err(|e| FarmError::Inputs(e.to_string()))?,
+            );
+        }
+    }
     if let Some(dir) = env
         .iter()
         .find(|(k, _)| k == "CARGO_MANIFEST_DIR")
@@ -405,6 +403,42 @@ async fn release(conn: &quinn::Connection, job: distcc_rs_proto::JobId) {
     }
 }
 
+/// The dep-info pre-pass: the real arguments, emitting only dep-info, with
+/// every crate file rustc loads listed too (an unstable flag, unlocked for
+/// this run only).
+fn run_prepass(
+    rustc: &Path,
+    args: &[String],
+    job: &CompileJob,
+) -> Result<depinfo::DepInfo, FarmError> {
+    let prepass_started = Instant::now();
+    let scratch = tempfile::tempdir().map_err(|e| FarmError::Prepass(e.to_string()))?;
+    let d_path = scratch.path().join("prepass.d");
+    let d_str = d_path
+        .to_str()
+        .ok_or_else(|| FarmError::Prepass("temp dir is not UTF-8".into()))?;
+    let out = Command::new(rustc)
+        .args(argv::prepass_args(args, d_str))
+        .env("RUSTC_BOOTSTRAP", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| FarmError::Prepass(format!("cannot run rustc: {e}")))?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        return Err(FarmError::Prepass(text.chars().take(400).collect()));
+    }
+    let text = fs::read_to_string(&d_path).map_err(|e| FarmError::Prepass(e.to_string()))?;
+    let deps = depinfo::parse(&text).map_err(|e| FarmError::Prepass(e.to_string()))?;
+    debug!(
+        crate_name = %job.crate_name,
+        ms = format_args!("{:.1}", prepass_started.elapsed().as_secs_f64() * 1000.0),
+        "dep-info pre-pass done"
+    );
+    Ok(deps)
+}
+
 /// Sends the blobs a node asked for, compressed, counting each one in
 /// `traffic` as soon as it is sent (so a failure part-way still reports
 /// what went).
@@ -518,6 +552,9 @@ async fn run_job(
         node: node.clone(),
         source,
     };
+    // Phase timings for the debug log: where a remote compile's time goes.
+    let started = Instant::now();
+    let ms = |since: Instant| format!("{:.1}", since.elapsed().as_secs_f64() * 1000.0);
     let conn = distcc_rs_net::connect(endpoint, assignment.addr, opts)
         .await
         .map_err(net)?;
@@ -534,8 +571,10 @@ async fn run_job(
     debug!(
         blobs = attempt.traffic.blobs_sent,
         bytes = attempt.traffic.bytes_sent,
+        ms = %ms(started),
         "inputs sent"
     );
+    let running_since = Instant::now();
 
     let mut stderr = std::io::stderr().lock();
     let mut received = std::collections::HashSet::new();
@@ -590,6 +629,7 @@ async fn run_job(
                 received.insert(local);
             }
             JobEvent::Exited { code } => {
+                debug!(code, ms = %ms(running_since), "remote rustc exited and outputs arrived");
                 conn.close(0u32.into(), b"done");
                 if code == 0
                     && let Some(missing) = prepared.expected.iter().find(|p| !received.contains(*p))
