@@ -367,6 +367,7 @@ async fn compile(
         writable: &job.output_dirs,
         protected: &protected,
         env: &req.env,
+        makeflags: Some(&shared.makeflags),
     };
     let (program, args) = plan.command();
     let mut child = tokio::process::Command::new(&program)

@@ -9,12 +9,14 @@
 //! * [`store`]: the content-addressed store of input blobs.
 //! * [`toolchains`]: fetching, verifying and unpacking toolchain bundles.
 //! * [`job`]: one job from ticket to exit code.
+//! * [`jobserver`]: the token pipe that bounds rustc's threads node-wide.
 //! * [`control`]: the registration stream to the scheduler.
 //! * [`server`]: the daemon's shared state and its accept loop.
 
 pub mod control;
 pub mod diagnostics;
 pub mod job;
+pub mod jobserver;
 pub mod manifest;
 pub mod sandbox;
 pub mod server;

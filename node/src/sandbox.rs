@@ -39,6 +39,9 @@ pub struct SandboxPlan<'a> {
     pub protected: &'a [PathBuf],
     /// rustc's environment. bubblewrap itself runs with a fixed one.
     pub env: &'a [(String, String)],
+    /// `CARGO_MAKEFLAGS` naming the node's jobserver, whose descriptors
+    /// rustc inherits through bubblewrap.
+    pub makeflags: Option<&'a str>,
 }
 
 impl SandboxPlan<'_> {
@@ -95,6 +98,9 @@ impl SandboxPlan<'_> {
         for (k, v) in self.env {
             push(&["--setenv", k, v]);
         }
+        if let Some(flags) = self.makeflags {
+            push(&["--setenv", "CARGO_MAKEFLAGS", flags]);
+        }
         push(&["--setenv", "TMPDIR", "/tmp", "--"]);
         push(&[&tc(&self.bundle.interpreter), "--library-path"]);
         let libs: Vec<String> = self.bundle.library_path.iter().map(|l| tc(l)).collect();
@@ -135,6 +141,7 @@ mod tests {
             writable: &[PathBuf::from("home/u/p/target/deps")],
             protected: &[PathBuf::from("home/u/p/target/deps/libdep.rmeta")],
             env: &[("CARGO_PKG_NAME".into(), "x".into())],
+            makeflags: Some("-j --jobserver-fds=3,4 --jobserver-auth=3,4"),
         };
         let (prog, argv) = plan.command();
         assert_eq!(prog, Path::new("/usr/bin/bwrap"));
@@ -171,7 +178,9 @@ mod tests {
             "inputs are re-protected after their directory is made writable"
         );
         assert!(joined.contains(
-            "--chdir /home/u/p --clearenv --setenv CARGO_PKG_NAME x --setenv TMPDIR /tmp --"
+            "--chdir /home/u/p --clearenv --setenv CARGO_PKG_NAME x \
+             --setenv CARGO_MAKEFLAGS -j --jobserver-fds=3,4 --jobserver-auth=3,4 \
+             --setenv TMPDIR /tmp --"
         ));
         let tail: Vec<&str> = argv
             .iter()

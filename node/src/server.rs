@@ -47,6 +47,10 @@ pub struct Shared {
     pub toolchains: Toolchains,
     pub jobs_dir: PathBuf,
     pub slots: Arc<Semaphore>,
+    /// Bounds the threads of all rustc processes together.
+    pub jobserver: crate::jobserver::Jobserver,
+    /// `CARGO_MAKEFLAGS` for the sandbox, naming [`Shared::jobserver`].
+    pub makeflags: String,
     /// The key tickets are signed with, while registered with a scheduler.
     pub ticket_key: Mutex<Option<[u8; 32]>>,
     /// The connection to the scheduler, while there is one.
@@ -213,9 +217,15 @@ impl Node {
             &PeerAuth::Unauthenticated,
             &opts,
         )?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let jobserver = crate::jobserver::Jobserver::new(cores.saturating_sub(1))
+            .map_err(|e| NodeError::io(Path::new("jobserver pipe"), e))?;
+        let makeflags = jobserver.makeflags();
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             slots: Arc::new(Semaphore::new(config.slots as usize)),
+            jobserver,
+            makeflags,
             config,
             node_id,
             store,
