@@ -80,7 +80,8 @@ count_events() {
   local events=$1 summary last
   if [ ! -s "$events" ]; then COUNTS="0 0 0"; return; fi
   summary=$("$BIN/distcc-rs" stats --events "$events")
-  last=$(tail -n1 <<<"$summary")
+  # The counts line, wherever it is in the summary (a traffic line follows it).
+  last=$(grep -E '^[0-9]+ compiles: ' <<<"$summary" | tail -n1)
   COUNTS=$(sed -E 's/^[0-9]+ compiles: ([0-9]+) remote, ([0-9]+) local by choice, ([0-9]+) fell back to local$/\1 \2 \3/' <<<"$last")
   case $COUNTS in *[!0-9\ ]*) echo "cannot parse stats line: $last" >&2; exit 1 ;; esac
   if [ "$(cut -d' ' -f3 <<<"$COUNTS")" != 0 ]; then
