@@ -415,7 +415,7 @@ async fn compile(
             Action::SendOutputThenForward(path) => {
                 // Pipelining: the client writes the .rmeta before it shows
                 // cargo this line, so dependents can start right away.
-                send_output(w, root, &job.output_dirs, &path, &mut sent).await?;
+                send_output(w, &shared.store, root, &job.output_dirs, &path, &mut sent).await?;
                 send_stderr(w, line).await?;
             }
         }
@@ -456,9 +456,19 @@ async fn compile(
                     let Some(client_path) = client_path.to_str() else {
                         continue;
                     };
-                    send_output(w, root, &job.output_dirs, client_path, &mut sent).await?;
+                    send_output(
+                        w,
+                        &shared.store,
+                        root,
+                        &job.output_dirs,
+                        client_path,
+                        &mut sent,
+                    )
+                    .await?;
                 }
             }
+            // The outputs just kept may have pushed the store over its limit.
+            drop(shared.store.evict_in_background());
             Ok(code)
         }
     }
@@ -478,6 +488,7 @@ async fn send_stderr(w: &mut FrameWriter, mut line: Vec<u8>) -> Result<(), NetEr
 /// Sends one output file, named by its client path, unless already sent.
 async fn send_output(
     w: &mut FrameWriter,
+    store: &crate::store::BlobStore,
     root: &Path,
     output_dirs: &[PathBuf],
     client_path: &str,
@@ -524,14 +535,90 @@ async fn send_output(
         executable: meta.permissions().mode() & 0o111 != 0,
     }))
     .await?;
-    payload::send_compressed(w, file, OUTPUT_ZSTD_LEVEL).await?;
+    // The output is also kept in the store, under the digest of exactly the
+    // bytes sent: dependents compiled here next list it as an input, and
+    // then it need not come back over the network. Keeping it is best
+    // effort; the job does not depend on it.
+    let copy = store.temp_file().ok();
+    let mut tee = Tee::new(file, copy);
+    payload::send_compressed(w, &mut tee, OUTPUT_ZSTD_LEVEL).await?;
+    if let Some((copy, digest)) = tee.finish()
+        && let Err(e) = store.commit(copy, &digest)
+    {
+        debug!(cause = %e, "cannot keep an output in the store");
+    }
     Ok(())
+}
+
+/// Reads a file while hashing it and writing a copy.
+struct Tee {
+    inner: fs::File,
+    copy: Option<tempfile::NamedTempFile>,
+    hasher: blake3::Hasher,
+}
+
+impl Tee {
+    fn new(inner: fs::File, copy: Option<tempfile::NamedTempFile>) -> Self {
+        Tee {
+            inner,
+            copy,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    /// The copy and the digest of everything read, unless writing the copy
+    /// failed (a full disk, say).
+    fn finish(self) -> Option<(tempfile::NamedTempFile, Digest)> {
+        let copy = self.copy?;
+        Some((copy, Digest(*self.hasher.finalize().as_bytes())))
+    }
+}
+
+impl std::io::Read for Tee {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        if let Some(copy) = &mut self.copy
+            && std::io::Write::write_all(copy, &buf[..n]).is_err()
+        {
+            self.copy = None;
+        }
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use distcc_rs_proto::{JobId, NodeId, ToolchainId};
+
+    #[test]
+    fn an_output_is_kept_under_the_digest_of_what_was_read() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::BlobStore::open(dir.path().join("store"), 1 << 30).unwrap();
+        let out = dir.path().join("libx.rmeta");
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        fs::write(&out, &content).unwrap();
+
+        let mut tee = Tee::new(
+            fs::File::open(&out).unwrap(),
+            Some(store.temp_file().unwrap()),
+        );
+        let mut sent = Vec::new();
+        tee.read_to_end(&mut sent).unwrap();
+        assert_eq!(sent, content);
+        let (copy, digest) = tee.finish().unwrap();
+        assert_eq!(digest, Digest(*blake3::hash(&content).as_bytes()));
+        store.commit(copy, &digest).unwrap();
+        assert!(store.contains(&digest));
+        assert_eq!(fs::read(store.path(&digest)).unwrap(), content);
+
+        // Without a copy (no room in the store) nothing is kept.
+        let mut tee = Tee::new(fs::File::open(&out).unwrap(), None);
+        tee.read_to_end(&mut Vec::new()).unwrap();
+        assert!(tee.finish().is_none());
+    }
 
     #[test]
     fn tickets_verify_only_with_the_right_key_and_node() {
