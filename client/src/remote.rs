@@ -8,13 +8,13 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use distcc_rs_net::{EndpointOptions, FrameReader, NetError, PeerAuth, open_stream, payload};
+use distcc_rs_net::{EndpointOptions, NetError, PeerAuth, open_stream, payload};
 use distcc_rs_pack::{Bundle, PackOptions};
 use distcc_rs_proto::Digest;
 use distcc_rs_proto::message::{
@@ -608,14 +608,14 @@ async fn run_job(
                     .prefix(".distcc-rs-")
                     .tempfile_in(parent)
                     .map_err(|e| bad(format!("cannot write in {}: {e}", parent.display())))?;
-                let (size, wire) = recv_output(&mut r, tmp.as_file_mut(), header.size)
+                let got = payload::recv_compressed(&mut r, tmp.as_file_mut(), header.size)
                     .await
                     .map_err(net)?;
-                attempt.traffic.bytes_received += wire;
-                if size != header.size {
+                attempt.traffic.bytes_received += got.wire;
+                if got.size != header.size {
                     return Err(bad(format!(
-                        "{} arrived with {size} of {} bytes",
-                        header.path, header.size
+                        "{} arrived with {} of {} bytes",
+                        header.path, got.size, header.size
                     )));
                 }
                 // Temporary files are private (0600); rustc's outputs are not.
@@ -682,73 +682,6 @@ fn is_metadata_artifact(line: &[u8]) -> bool {
         .is_ok_and(|n| n.message_type == Some("artifact") && n.emit == Some("metadata"))
 }
 
-/// Receives one output's zstd chunk stream into `out`, refusing to
-/// decompress more than `limit` bytes. Returns (decompressed bytes, bytes on
-/// the wire). This is `payload::recv_compressed` without the hashing and
-/// with the wire count the event log reports.
-async fn recv_output(
-    r: &mut FrameReader,
-    out: impl Write,
-    limit: u64,
-) -> Result<(u64, u64), NetError> {
-    let sink = LimitedWriter {
-        inner: out,
-        written: 0,
-        limit,
-    };
-    let mut decoder = zstd::stream::write::Decoder::new(sink)?;
-    let mut wire = 0u64;
-    // After a bad payload the rest of its chunks are still read, so the
-    // stream stays in step.
-    let mut failed = None;
-    while let Some(chunk) = r.recv_chunk().await? {
-        wire += chunk.len() as u64;
-        if failed.is_none()
-            && let Err(e) = decoder.write_all(&chunk)
-        {
-            failed = Some(e);
-        }
-    }
-    let flushed = match failed {
-        Some(e) => Err(e),
-        None => decoder.flush(),
-    };
-    flushed.map_err(|e| {
-        if e.kind() == io::ErrorKind::FileTooLarge {
-            NetError::PayloadTooLarge { limit }
-        } else {
-            NetError::Io(e)
-        }
-    })?;
-    Ok((decoder.into_inner().written, wire))
-}
-
-/// A writer that stops at a size limit, so a decompression bomb cannot
-/// fill the disk.
-struct LimitedWriter<W> {
-    inner: W,
-    written: u64,
-    limit: u64,
-}
-
-impl<W: Write> Write for LimitedWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.written + buf.len() as u64 > self.limit {
-            return Err(io::Error::new(
-                io::ErrorKind::FileTooLarge,
-                "output over its announced size",
-            ));
-        }
-        let n = self.inner.write(buf)?;
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -781,27 +714,5 @@ mod tests {
                 String::from_utf8_lossy(line)
             );
         }
-    }
-
-    #[test]
-    fn an_output_stops_at_its_announced_size() {
-        let data = vec![7u8; 100_000];
-        let compressed = zstd::encode_all(&data[..], 3).unwrap();
-        let decode = |limit: u64| {
-            let mut out = Vec::new();
-            let sink = LimitedWriter {
-                inner: &mut out,
-                written: 0,
-                limit,
-            };
-            let mut decoder = zstd::stream::write::Decoder::new(sink).unwrap();
-            decoder
-                .write_all(&compressed)
-                .and_then(|()| decoder.flush())
-                .map(|()| decoder.into_inner().written)
-        };
-        assert_eq!(decode(100_000).unwrap(), 100_000);
-        let err = decode(99_999).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
     }
 }

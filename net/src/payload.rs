@@ -77,14 +77,24 @@ pub async fn send_compressed(
     Ok((raw, wire))
 }
 
+/// What [`recv_compressed`] received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// The BLAKE3 digest of the decompressed content.
+    pub digest: Digest,
+    /// Decompressed bytes.
+    pub size: u64,
+    /// Compressed bytes on the wire (chunk data, without frame headers).
+    pub wire: u64,
+}
+
 /// Receives a zstd-compressed chunk stream, writing the decompressed bytes to
 /// `out` and hashing them. Refuses to decompress more than `limit` bytes.
-/// Returns the BLAKE3 digest and size of the decompressed content.
 pub async fn recv_compressed(
     r: &mut FrameReader,
     out: impl Write,
     limit: u64,
-) -> Result<(Digest, u64), NetError> {
+) -> Result<Received, NetError> {
     let sink = HashingWriter {
         inner: out,
         hasher: blake3::Hasher::new(),
@@ -95,7 +105,9 @@ pub async fn recv_compressed(
     // After a bad payload the rest of its chunks are still read (and
     // dropped), so the stream stays in step and the next message is found.
     let mut failed = None;
+    let mut wire = 0u64;
     while let Some(chunk) = r.recv_chunk().await? {
+        wire += chunk.len() as u64;
         if failed.is_none()
             && let Err(e) = decoder.write_all(&chunk)
         {
@@ -107,7 +119,11 @@ pub async fn recv_compressed(
     }
     decoder.flush().map_err(|e| limit_error(e, limit))?;
     let sink = decoder.into_inner();
-    Ok((Digest(*sink.hasher.finalize().as_bytes()), sink.written))
+    Ok(Received {
+        digest: Digest(*sink.hasher.finalize().as_bytes()),
+        size: sink.written,
+        wire,
+    })
 }
 
 fn limit_error(e: io::Error, limit: u64) -> NetError {

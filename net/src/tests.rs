@@ -37,7 +37,9 @@ async fn messages_and_payloads_cross_a_real_connection() {
         let req: SchedulerRequest = r.recv().await.unwrap();
         assert_eq!(req, SchedulerRequest::Status);
         let mut out = Vec::new();
-        let (digest, size) = recv_compressed(&mut r, &mut out, 10 << 20).await.unwrap();
+        let got = recv_compressed(&mut r, &mut out, 10 << 20).await.unwrap();
+        assert!(got.wire > 0 && got.wire < got.size / 10, "{got:?}");
+        let (digest, size) = (got.digest, got.size);
         let mut raw = Vec::new();
         recv_raw(&mut r, &mut raw, 10 << 20).await.unwrap();
         assert_eq!(raw, out);

@@ -265,7 +265,7 @@ async fn receive_blobs(
         let limit = sizes.get(&header.digest).copied().unwrap_or(0);
         let mut tmp = shared.store.temp_file().map_err(|e| io_err("store", e))?;
         let (digest, size) = match payload::recv_compressed(r, tmp.as_file_mut(), limit).await {
-            Ok(v) => v,
+            Ok(got) => (got.digest, got.size),
             // Longer than announced, or not valid zstd: the rest of the
             // payload was skipped, so the stream is still usable.
             Err(NetError::PayloadTooLarge { .. } | NetError::Io(_)) => {
