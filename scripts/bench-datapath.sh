@@ -63,6 +63,7 @@ cleanup() {
 trap cleanup EXIT
 
 source scripts/local-farm.sh
+source scripts/bench-lib.sh
 start_local_farm
 NODE_PID=${PIDS[-1]}
 NODE_NAME=node-1
@@ -176,10 +177,7 @@ sum_traffic() {
     }' "$1" 2>/dev/null || echo "- - - -")
 }
 
-secs() { awk -v ms="$1" 'BEGIN { printf "%.2f", ms / 1000 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 # Median of a list of millisecond values.
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 # A byte count for humans ("-" stays "-").
 human() {
   case $1 in
@@ -324,20 +322,13 @@ bytes_table() {
   done
 }
 
-COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]; then COMMIT+=" (with uncommitted changes)"; fi
-CPU=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //' || echo unknown)
-
 SECTION=$WORK/section.md
 {
   echo "$BEGIN_MARK"
   echo
   echo "### Results of the last run"
   echo
-  echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "- \`rustc -V\`: $(rustc -V)"
-  echo "- \`nproc\`: $(nproc) ($CPU)"
-  echo "- distcc-rs commit: $COMMIT"
+  machine_facts
   echo "- rounds: $ROUNDS timed plain / farm / farm-without-pipelining triples per workload, after one untimed farm and plain warm-up"
   echo "- load average (1, 5, 15 min) at start: $LOAD_START; at end: $LOAD_END"
   echo "- whole run, including building distcc-rs, the warm-ups and the byte counts: $RUN_MIN"
@@ -378,13 +369,7 @@ echo
 bytes_table
 echo
 
-if [ -f "$DOC" ] && grep -qF "$BEGIN_MARK" "$DOC" && grep -qF "$END_MARK" "$DOC"; then
-  awk -v b="$BEGIN_MARK" -v e="$END_MARK" -v f="$SECTION" '
-    $0 == b { while ((getline line < f) > 0) print line; skip = 1; next }
-    $0 == e { skip = 0; next }
-    !skip { print }' "$DOC" >"$DOC.tmp"
-  mv "$DOC.tmp" "$DOC"
-else
+if ! replace_section "$DOC" "$BEGIN_MARK" "$END_MARK" "$SECTION"; then
   { echo; echo "## Data path"; echo; cat "$SECTION"; } >>"$DOC"
 fi
 echo "== wrote $DOC (whole run $RUN_MIN; logs and event files in $WORK)"

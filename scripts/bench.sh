@@ -38,6 +38,7 @@ cleanup() {
 trap cleanup EXIT
 
 source scripts/local-farm.sh
+source scripts/bench-lib.sh
 start_local_farm
 
 # One clean build; sets LAST_MS to the wall time of `cargo build` alone.
@@ -90,12 +91,7 @@ count_events() {
   fi
 }
 
-secs() { awk -v ms="$1" 'BEGIN { printf "%.2f", ms / 1000 }'; }
 # Median, min and max of a list of millisecond values.
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
-minimum() { tr ' ' '\n' <<<"$1" | grep . | sort -n | head -n1; }
-maximum() { tr ' ' '\n' <<<"$1" | grep . | sort -n | tail -n1; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 FIXTURES=(workspace realdeps)
 profiles_of() {
@@ -179,20 +175,13 @@ raw_table() {
   done
 }
 
-COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]; then COMMIT+=" (with uncommitted changes)"; fi
-CPU=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //' || echo unknown)
-
 SECTION=$WORK/section.md
 {
   echo "$BEGIN_MARK"
   echo
   echo "## Results of the last run"
   echo
-  echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "- \`rustc -V\`: $(rustc -V)"
-  echo "- \`nproc\`: $(nproc) ($CPU)"
-  echo "- distcc-rs commit: $COMMIT"
+  machine_facts
   echo "- rounds: $ROUNDS timed plain/farm pairs per row, after one untimed warm-up pair"
   echo "- load average (1, 5, 15 min) at start: $LOAD_START; at end: $LOAD_END"
   echo "- whole run, including building distcc-rs and the warm-ups: $(awk -v ms="$RUN_MS" 'BEGIN { printf "%.1f min", ms / 60000 }')"
@@ -221,12 +210,8 @@ table
 echo
 
 mkdir -p "$(dirname "$DOC")"
-if [ -f "$DOC" ] && grep -qF "$BEGIN_MARK" "$DOC" && grep -qF "$END_MARK" "$DOC"; then
-  awk -v b="$BEGIN_MARK" -v e="$END_MARK" -v f="$SECTION" '
-    $0 == b { while ((getline line < f) > 0) print line; skip = 1; next }
-    $0 == e { skip = 0; next }
-    !skip { print }' "$DOC" >"$DOC.tmp"
-  mv "$DOC.tmp" "$DOC"
+if replace_section "$DOC" "$BEGIN_MARK" "$END_MARK" "$SECTION"; then
+  :
 elif [ -f "$DOC" ]; then
   { echo; cat "$SECTION"; } >>"$DOC"
 else
