@@ -39,12 +39,7 @@ pub(crate) fn bundle(seed: &str) -> (ToolchainId, Vec<u8>) {
     );
     append(&mut tar, tar::EntryType::Directory, "bin", &[], true);
     append(&mut tar, tar::EntryType::Regular, "bin/rustc", &rustc, true);
-    let tar = tar
-        .into_inner()
-        .expect("writing a tar to memory cannot fail");
-    let id = ToolchainId(Digest(*blake3::hash(&tar).as_bytes()));
-    let compressed = zstd::encode_all(&tar[..], 3).expect("compressing in memory cannot fail");
-    (id, compressed)
+    seal(tar)
 }
 
 /// A correctly named zstd-compressed tar that lacks the manifest every bundle
@@ -58,6 +53,11 @@ pub(crate) fn bundle_without_manifest() -> (ToolchainId, Vec<u8>) {
         b"hello\n",
         false,
     );
+    seal(tar)
+}
+
+/// Finishes a bundle: its id (the BLAKE3 of the tar) and its compressed bytes.
+fn seal(tar: tar::Builder<Vec<u8>>) -> (ToolchainId, Vec<u8>) {
     let tar = tar
         .into_inner()
         .expect("writing a tar to memory cannot fail");
