@@ -19,7 +19,7 @@ use distcc_rs_pack::{Bundle, PackOptions};
 use distcc_rs_proto::Digest;
 use distcc_rs_proto::message::{
     AllocateRequest, AllocateResponse, Assignment, BlobHeader, FileEntry, JobAccept, JobError,
-    JobEvent, JobRequest, RunLocallyReason, SchedulerRequest, UploadResponse,
+    JobEvent, JobRequest, NodeRequest, RunLocallyReason, SchedulerRequest, UploadResponse,
 };
 use tracing::{debug, info};
 
@@ -331,6 +331,8 @@ async fn farm(
         toolchain: bundle.id,
         crate_name: job.crate_name.clone(),
         client,
+        build: String::new(),
+        exclude: Vec::new(),
     };
     let mut uploaded = false;
     let assignment = loop {
@@ -559,7 +561,9 @@ async fn run_job(
         .await
         .map_err(net)?;
     let (mut w, mut r) = open_stream(&conn).await.map_err(net)?;
-    w.send(&prepared.request).await.map_err(net)?;
+    w.send(&NodeRequest::Job(prepared.request.clone()))
+        .await
+        .map_err(net)?;
     loop {
         let missing = match r.recv::<JobAccept>().await.map_err(net)? {
             JobAccept::Rejected(source) => return Err(FarmError::Job { node, source }),

@@ -56,6 +56,7 @@ async fn session(
     let job_port = shared.endpoint.local_addr()?.port();
     w.send(&SchedulerRequest::RegisterNode(NodeRegistration {
         node: shared.node_id,
+        farm: String::from("default"),
         name: cfg.name.clone(),
         job_port,
         advertise: cfg.advertise,
@@ -86,7 +87,7 @@ async fn session(
                 w.send(&ev).await?;
             }
             _ = tick.tick() => {
-                w.send(&NodeEvent::Load(NodeLoad { running: shared.running(), slots: cfg.slots })).await?;
+                w.send(&NodeEvent::Load(NodeLoad { running: shared.running(), slots: cfg.slots, ..NodeLoad::default() })).await?;
             }
             e = conn.closed() => return Ok(e.to_string()),
         }

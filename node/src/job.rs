@@ -68,14 +68,8 @@ pub async fn serve(
     conn: quinn::Connection,
     mut w: FrameWriter,
     mut r: FrameReader,
+    req: JobRequest,
 ) {
-    let req: JobRequest = match r.recv().await {
-        Ok(req) => req,
-        Err(e) => {
-            debug!(cause = %e, "job stream closed before a request arrived");
-            return;
-        }
-    };
     let job = req.ticket.job;
     let key = *shared.ticket_key.lock().unwrap_or_else(|e| e.into_inner());
     let refusal = check_ticket(&req.ticket, key.as_ref(), shared.node_id)

@@ -8,11 +8,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use distcc_rs_net::{EndpointOptions, Identity, PeerAuth, accept_stream, endpoint, payload};
-use distcc_rs_proto::message::{FetchResponse, NodeEvent, SchedulerRequest};
+use distcc_rs_net::{
+    EndpointOptions, FrameReader, FrameWriter, Identity, PeerAuth, accept_stream, endpoint, payload,
+};
+use distcc_rs_proto::message::{FetchResponse, NodeEvent, NodeRequest, SchedulerRequest};
 use distcc_rs_proto::{JobId, NodeId, ToolchainId};
 use tokio::sync::{Semaphore, mpsc};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::store::BlobStore;
 use crate::toolchains::{ReadyToolchain, Toolchains};
@@ -276,7 +278,7 @@ impl Node {
                         }
                     };
                     while let Some((w, r)) = accept_stream(&conn).await {
-                        tokio::spawn(job::serve(shared.clone(), conn.clone(), w, r));
+                        tokio::spawn(stream(shared.clone(), conn.clone(), w, r));
                     }
                 });
             }
@@ -287,6 +289,22 @@ impl Node {
         }
         control.abort();
         shared.endpoint.close(0u32.into(), b"node shutting down");
+    }
+}
+
+/// Serves one stream a peer opened: reads its first message and hands the
+/// stream to the conversation it starts.
+async fn stream(shared: Arc<Shared>, conn: quinn::Connection, w: FrameWriter, mut r: FrameReader) {
+    match r.recv::<NodeRequest>().await {
+        Ok(NodeRequest::Job(req)) => job::serve(shared, conn, w, r, req).await,
+        Ok(NodeRequest::Adopt(adopt)) => {
+            warn!(
+                peer = %conn.remote_address(),
+                farm = %adopt.farm,
+                "a scheduler asked to adopt this node, which this build cannot do yet"
+            );
+        }
+        Err(e) => debug!(cause = %e, "stream closed before a request arrived"),
     }
 }
 

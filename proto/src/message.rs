@@ -8,11 +8,18 @@
 //!    stays open for the node's lifetime: the scheduler answers once with a
 //!    [`RegisterResponse`], then the node sends [`NodeEvent`]s.
 //! 3. **Jobs.** A client opens a stream to the node it was assigned and sends
-//!    a [`JobRequest`]. The node answers with a [`JobAccept`] naming the input
+//!    a [`NodeRequest::Job`]. The node answers with a [`JobAccept`] naming the input
 //!    blobs it lacks; the client sends each as a [`BlobHeader`] followed by a
 //!    chunk stream, again for any that arrived corrupted, until the node
 //!    needs nothing more; the node then streams [`JobEvent`]s until the job
 //!    ends.
+//!
+//! 4. **Adoption.** A scheduler that found a node (over mDNS or from its
+//!    `--node` list) dials it and sends [`NodeRequest::Adopt`] on a stream;
+//!    the node answers with an [`AdoptReply`], and when it registers, that
+//!    stream becomes its control stream exactly as in (2), with the
+//!    scheduler's [`RegisterResponse`] next. Which side dialled makes no
+//!    other difference.
 //!
 //! Payloads too large for one frame (blobs, outputs, toolchain bundles) travel
 //! as chunk streams (see [`crate::codec`]), zstd-compressed.
@@ -54,6 +61,9 @@ pub enum SchedulerRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRegistration {
     pub node: NodeId,
+    /// The farm (`--netname`) the node belongs to. A scheduler refuses nodes
+    /// of another farm, so two farms can share one LAN.
+    pub farm: String,
     /// A human name, the host name by default.
     pub name: String,
     /// The UDP port the node accepts jobs on. The scheduler pairs it with the
@@ -85,6 +95,49 @@ pub enum RegisterRefusal {
     DuplicateNode(NodeId),
     #[error("a node must offer at least one slot")]
     NoSlots,
+    #[error("the node belongs to farm {node:?}, this scheduler runs farm {scheduler:?}")]
+    WrongFarm { node: String, scheduler: String },
+}
+
+// ---------------------------------------------------------------------------
+// Streams a node accepts.
+
+/// The first message on every stream opened to a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NodeRequest {
+    /// A client sends a compile job; see [`JobRequest`].
+    Job(JobRequest),
+    /// A scheduler that found this node asks it to join its farm. Answered
+    /// with an [`AdoptReply`].
+    Adopt(AdoptRequest),
+}
+
+/// A scheduler's invitation to a node it discovered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptRequest {
+    /// The scheduler's farm name (`--netname`).
+    pub farm: String,
+    /// A human name for the scheduler, for the node's logs.
+    pub scheduler_name: String,
+}
+
+/// A node's answer to an [`AdoptRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AdoptReply {
+    /// The node joins: what follows on this stream is the node-control
+    /// conversation, starting with the scheduler's [`RegisterResponse`].
+    Register(NodeRegistration),
+    /// The node stays out, and why.
+    Decline(AdoptRefusal),
+}
+
+/// Why a node declined an adoption.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum AdoptRefusal {
+    #[error("the node belongs to farm {node:?}, not to farm {scheduler:?}")]
+    WrongFarm { node: String, scheduler: String },
+    #[error("the node is already registered with scheduler {0}")]
+    AlreadyRegistered(String),
 }
 
 /// Messages a node sends on its control stream after registering.
@@ -114,11 +167,24 @@ pub enum JobOutcome {
     Failed(JobError),
 }
 
-/// A node's load, as measured on the node.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// A node's load, as measured on the node (every second, and whenever a job
+/// starts or ends).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeLoad {
+    /// Jobs of this farm running on the node.
     pub running: u32,
     pub slots: u32,
+    /// CPU cores the node has.
+    pub cores: u32,
+    /// Share of all cores' time spent busy since the previous report, in
+    /// permille (0 to 1000). Includes work that is not the farm's.
+    pub cpu_busy_permille: u16,
+    /// The one-minute load average, times 100.
+    pub load_avg_centi: u32,
+    /// Memory available for new processes, in bytes.
+    pub mem_available: u64,
+    /// Free space in the node's work directory, in bytes.
+    pub disk_free: u64,
 }
 
 /// A client's request for a place to run one compile.
@@ -129,6 +195,12 @@ pub struct AllocateRequest {
     pub crate_name: String,
     /// Who asks: host name and process id, for status displays and logs.
     pub client: String,
+    /// The build the job belongs to (host name and the pid of the cargo
+    /// that ran the wrapper). The scheduler shares a busy farm fairly
+    /// between builds, not between wrapper processes.
+    pub build: String,
+    /// Nodes not to use: a retry names the nodes that already failed it.
+    pub exclude: Vec<NodeId>,
 }
 
 /// The scheduler's answer to an [`AllocateRequest`].
@@ -159,6 +231,8 @@ pub enum RunLocallyReason {
     NoNodes,
     #[error("every node slot is busy")]
     NoFreeSlot,
+    #[error("no node can take the job (all are excluded or out of memory or disk)")]
+    NoEligibleNode,
 }
 
 /// The scheduler's answer to a toolchain upload.
@@ -201,6 +275,10 @@ pub struct FarmStatus {
     pub jobs: Vec<JobStatus>,
     pub toolchains: Vec<ToolchainStatus>,
     pub totals: FarmTotals,
+    /// Allocation requests waiting for a free slot.
+    pub waiting: u32,
+    /// The farm's name (`--netname`).
+    pub farm: String,
 }
 
 /// One node, as the scheduler sees it.
@@ -216,6 +294,11 @@ pub struct NodeStatus {
     pub jobs_failed: u64,
     pub toolchains: Vec<ToolchainId>,
     pub connected_ms: u64,
+    /// The node's latest load report, if any arrived yet.
+    pub load: Option<NodeLoad>,
+    /// Learned speed relative to the farm (1.0 = as fast as the farm's
+    /// average for the same crates; 2.0 = twice as fast).
+    pub speed: f64,
 }
 
 /// One job in flight.
@@ -258,6 +341,8 @@ pub struct FarmTotals {
     /// Assignments the client never used, or whose node vanished.
     pub abandoned: u64,
     pub run_locally: u64,
+    /// Allocation requests that had to wait for a free slot.
+    pub queued: u64,
 }
 
 // ---------------------------------------------------------------------------

@@ -399,6 +399,8 @@ impl Farm {
                     jobs_failed: n.jobs_failed,
                     toolchains: n.toolchains.iter().copied().collect(),
                     connected_ms: ms(n.connected_since),
+                    load: None,
+                    speed: 1.0,
                 })
                 .collect(),
             jobs: self
@@ -422,6 +424,8 @@ impl Farm {
                 })
                 .collect(),
             totals: self.totals,
+            waiting: 0,
+            farm: String::from("default"),
         }
     }
 }

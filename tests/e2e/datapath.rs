@@ -212,7 +212,7 @@ mod raw_client {
     use distcc_rs_net::{EndpointOptions, FrameReader, FrameWriter, PeerAuth, open_stream};
     use distcc_rs_proto::message::{
         AllocateRequest, AllocateResponse, Assignment, BlobHeader, JobAccept, JobEvent, JobRequest,
-        SchedulerRequest,
+        NodeRequest, SchedulerRequest,
     };
     use distcc_rs_proto::{Digest, ToolchainId};
 
@@ -239,6 +239,8 @@ mod raw_client {
                 toolchain,
                 crate_name: "tiny".into(),
                 client: "raw-client".into(),
+                build: "raw-client".into(),
+                exclude: Vec::new(),
             }))
             .await
             .unwrap();
@@ -257,7 +259,7 @@ mod raw_client {
                 .await
                 .expect("the node answers");
             let (mut w, r) = open_stream(&conn).await.unwrap();
-            w.send(request).await.unwrap();
+            w.send(&NodeRequest::Job(request.clone())).await.unwrap();
             (conn, w, r)
         }
     }

@@ -25,6 +25,7 @@ fn key(node: u64) -> [u8; 32] {
 fn registration(node: u64, slots: u32, toolchains: Vec<ToolchainId>) -> NodeRegistration {
     NodeRegistration {
         node: NodeId(node),
+        farm: "default".into(),
         name: format!("host{node}"),
         job_port: 7701,
         advertise: None,
@@ -38,6 +39,8 @@ fn request() -> AllocateRequest {
         toolchain: TC,
         crate_name: "serde".into(),
         client: "dev1:4242".into(),
+        build: "dev1:4000".into(),
+        exclude: Vec::new(),
     }
 }
 

@@ -133,6 +133,7 @@ async fn wait_for(conn: &Connection, what: &str, done: impl Fn(&FarmStatus) -> b
 fn registration(node: u64) -> NodeRegistration {
     NodeRegistration {
         node: NodeId(node),
+        farm: "default".into(),
         name: "fake-node".into(),
         job_port: 47001,
         advertise: None,
@@ -159,6 +160,8 @@ fn allocate_request(toolchain: ToolchainId) -> SchedulerRequest {
         toolchain,
         crate_name: "demo".into(),
         client: "test-client:1".into(),
+        build: "test-client".into(),
+        exclude: Vec::new(),
     })
 }
 
