@@ -10,6 +10,7 @@
 //! * [`toolchains`]: fetching, verifying and unpacking toolchain bundles.
 //! * [`job`]: one job from ticket to exit code.
 //! * [`jobserver`]: the token pipe that bounds rustc's threads node-wide.
+//! * [`load`]: measuring the machine's load for the scheduler's placement.
 //! * [`control`]: the registration stream to the scheduler.
 //! * [`server`]: the daemon's shared state and its accept loop.
 
@@ -17,6 +18,7 @@ pub mod control;
 pub mod diagnostics;
 pub mod job;
 pub mod jobserver;
+pub mod load;
 pub mod manifest;
 pub mod sandbox;
 pub mod server;
