@@ -86,7 +86,7 @@ fresh_node() {
   NODE_DIR=$WORK/nodes/$NODE_NAME
   mkdir -p "$WORK/nodes"
   env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$WORK" \
-    "$BIN/distcc-rs-node" --scheduler "$SCHED" --listen 127.0.0.1:0 \
+    "$BIN/distcc-rs-node" --scheduler "$SCHED" --listen 127.0.0.1:0 --no-mdns \
     --work-dir "$NODE_DIR" --name "$NODE_NAME" \
     >"$WORK/$NODE_NAME.out" 2>"$WORK/$NODE_NAME.log" &
   NODE_PID=$!

@@ -17,14 +17,16 @@ wait_line() {
 # Starts a scheduler and one node, and waits until the node is registered.
 start_local_farm() {
   echo "== starting a scheduler and a node on loopback (logs in $WORK)"
-  "$BIN/distcc-rs-scheduler" --listen 127.0.0.1:0 --state-dir "$WORK/scheduler" \
+  # --no-mdns: the daemons find each other by address here, and mDNS would
+  # join multicast groups on every interface of this machine.
+  "$BIN/distcc-rs-scheduler" --listen 127.0.0.1:0 --state-dir "$WORK/scheduler" --no-mdns \
     >"$WORK/scheduler.out" 2>"$WORK/scheduler.log" &
   PIDS+=($!)
   SCHED=$(wait_line "$WORK/scheduler.out" "listening on" | awk '{print $NF}')
   # The node gets no Rust in its environment: it runs the toolchain bundle
   # it fetches from the scheduler.
   env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$WORK" \
-    "$BIN/distcc-rs-node" --scheduler "$SCHED" --listen 127.0.0.1:0 \
+    "$BIN/distcc-rs-node" --scheduler "$SCHED" --listen 127.0.0.1:0 --no-mdns \
     --work-dir "$WORK/node" --name node-1 >"$WORK/node.out" 2>"$WORK/node.log" &
   PIDS+=($!)
   wait_line "$WORK/node.out" "registered" >/dev/null

@@ -6,10 +6,18 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use distcc_rs_proto::discovery::{DEFAULT_FARM, validate_farm_name};
+
 /// Environment variable names, in one place for the docs and the tests.
 pub mod vars {
-    /// The scheduler's address, `host:port`.
+    /// The scheduler's address, `host:port`. Unset, the client looks for
+    /// the scheduler of its farm over mDNS.
     pub const SCHEDULER: &str = "DISTCC_RS_SCHEDULER";
+    /// The farm whose scheduler mDNS looks for (default `default`).
+    pub const NETNAME: &str = "DISTCC_RS_NETNAME";
+    /// Set to `0` or `false` to never look for the scheduler over mDNS;
+    /// without `DISTCC_RS_SCHEDULER` everything then compiles locally.
+    pub const MDNS: &str = "DISTCC_RS_MDNS";
     /// Where the client keeps its toolchain bundle cache.
     pub const CACHE_DIR: &str = "DISTCC_RS_CACHE_DIR";
     /// A file to append one JSON line per invocation to.
@@ -24,6 +32,10 @@ pub mod vars {
     /// farm compile until the compile ends, as a farm without pipelining
     /// would (for benchmarks).
     pub const PIPELINING: &str = "DISTCC_RS_PIPELINING";
+    /// How many local compiles (linking, build scripts, proc-macros, probes,
+    /// fallbacks) may run at once across every wrapper on this machine that
+    /// shares the cache directory (default: the number of CPUs).
+    pub const LOCAL_SLOTS: &str = "DISTCC_RS_LOCAL_SLOTS";
 }
 
 /// The client's settings.
@@ -36,6 +48,12 @@ pub struct ClientConfig {
     /// Whether cargo hears of a farm compile's `.rmeta` as soon as it
     /// arrives (so dependents start early), or only when the compile ends.
     pub pipelining: bool,
+    /// The farm to look for over mDNS, or why `DISTCC_RS_NETNAME` is not a
+    /// farm name.
+    pub farm: Result<String, String>,
+    /// Whether the scheduler may be looked for over mDNS when
+    /// `DISTCC_RS_SCHEDULER` is unset.
+    pub mdns: bool,
 }
 
 impl ClientConfig {
@@ -63,8 +81,21 @@ impl ClientConfig {
                 .map(PathBuf::from),
             disabled: lookup(vars::DISABLE).is_some_and(|v| v == "1" || v == "true"),
             pipelining: !lookup(vars::PIPELINING).is_some_and(|v| v == "0" || v == "false"),
+            farm: farm_name(lookup(vars::NETNAME)),
+            mdns: !lookup(vars::MDNS).is_some_and(|v| v == "0" || v == "false"),
         }
     }
+}
+
+/// The farm named by `DISTCC_RS_NETNAME`, `default` when it is unset or
+/// empty.
+fn farm_name(value: Option<String>) -> Result<String, String> {
+    let name = value
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEFAULT_FARM.to_owned());
+    validate_farm_name(&name)
+        .map(|()| name)
+        .map_err(|e| format!("{}: {e}", vars::NETNAME))
 }
 
 #[cfg(test)]
@@ -105,5 +136,33 @@ mod tests {
 
         let c = ClientConfig::from_lookup(env(&[]));
         assert_eq!(c.scheduler, None);
+        assert_eq!(c.farm, Ok("default".to_owned()));
+        assert!(c.mdns);
+    }
+
+    #[test]
+    fn farm_and_mdns_settings() {
+        let lookup = |pairs: Vec<(&'static str, &'static str)>| {
+            ClientConfig::from_lookup(move |k| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            })
+        };
+        let c = lookup(vec![
+            ("DISTCC_RS_NETNAME", "team-a"),
+            ("DISTCC_RS_MDNS", "0"),
+        ]);
+        assert_eq!(c.farm, Ok("team-a".to_owned()));
+        assert!(!c.mdns);
+        assert_eq!(
+            lookup(vec![("DISTCC_RS_NETNAME", "")]).farm,
+            Ok("default".into())
+        );
+        let bad = lookup(vec![("DISTCC_RS_NETNAME", "a b")]).farm.unwrap_err();
+        assert!(bad.starts_with("DISTCC_RS_NETNAME: "), "{bad}");
+        assert!(!lookup(vec![("DISTCC_RS_MDNS", "false")]).mdns);
+        assert!(lookup(vec![("DISTCC_RS_MDNS", "1")]).mdns);
     }
 }

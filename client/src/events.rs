@@ -51,6 +51,11 @@ pub struct Event {
     /// and stdout are not counted.
     #[serde(default)]
     pub bytes_received: Option<u64>,
+    /// The nodes whose attempt at this job failed, in order: a remote job
+    /// with failed nodes was retried on another node, a fallback with failed
+    /// nodes ran out of nodes or retries. Left out of the line when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_nodes: Vec<String>,
 }
 
 /// Appends an event. A single `write` of a line to a file opened for
@@ -90,6 +95,7 @@ mod tests {
             blobs_sent: Some(3),
             bytes_sent: Some(123_456),
             bytes_received: Some(7_890),
+            failed_nodes: vec!["n0".into()],
         };
         append(&path, &ev);
         append(
@@ -112,6 +118,7 @@ mod tests {
             r#""blobs_sent":3"#,
             r#""bytes_sent":123456"#,
             r#""bytes_received":7890"#,
+            r#""failed_nodes":["n0"]"#,
         ] {
             assert!(text.contains(field), "{field} in {text}");
         }
@@ -126,6 +133,34 @@ mod tests {
             (ev.inputs, ev.blobs_sent, ev.bytes_sent, ev.bytes_received),
             (None, None, None, None)
         );
+        assert!(ev.failed_nodes.is_empty());
+    }
+
+    #[test]
+    fn failed_nodes_are_left_out_when_there_are_none() {
+        let ev = Event {
+            crate_name: Some("base".into()),
+            crate_types: vec!["lib".into()],
+            placement: Placement::Remote,
+            node: Some("n1".into()),
+            reason: None,
+            exit_code: Some(0),
+            ms: 1,
+            inputs: None,
+            blobs_sent: None,
+            bytes_sent: None,
+            bytes_received: None,
+            failed_nodes: vec![],
+        };
+        let line = serde_json::to_string(&ev).unwrap();
+        assert!(!line.contains("failed_nodes"), "{line}");
+        let retried = Event {
+            failed_nodes: vec!["n2".into(), "n3".into()],
+            ..ev
+        };
+        let line = serde_json::to_string(&retried).unwrap();
+        assert!(line.contains(r#""failed_nodes":["n2","n3"]"#), "{line}");
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), retried);
     }
 }
 
@@ -156,10 +191,13 @@ pub fn summarize(events: &[Event]) -> String {
             Placement::Local => "local",
             Placement::Fallback => "fallback",
         };
-        let detail = match e.placement {
+        let mut detail = match e.placement {
             Placement::Remote => format!("on {}", e.node.as_deref().unwrap_or("?")),
             _ => e.reason.clone().unwrap_or_default(),
         };
+        if !e.failed_nodes.is_empty() {
+            let _ = write!(detail, " (failed on {})", e.failed_nodes.join(", "));
+        }
         let _ = writeln!(
             out,
             "{:<28} {:<9} {:>7.2}s  {detail}",
@@ -177,6 +215,20 @@ pub fn summarize(events: &[Event]) -> String {
         count(Placement::Local),
         count(Placement::Fallback)
     );
+    let hit = |p: Placement| {
+        compiles
+            .iter()
+            .filter(|e| e.placement == p && !e.failed_nodes.is_empty())
+            .count()
+    };
+    let (retried, gave_up) = (hit(Placement::Remote), hit(Placement::Fallback));
+    if retried + gave_up > 0 {
+        let attempts: usize = compiles.iter().map(|e| e.failed_nodes.len()).sum();
+        let _ = writeln!(
+            out,
+            "node failures: {attempts} failed attempts; {retried} compiles finished on another node, {gave_up} fell back to local"
+        );
+    }
     let inputs: usize = events.iter().filter_map(|e| e.inputs).sum();
     let blobs: usize = events.iter().filter_map(|e| e.blobs_sent).sum();
     let sent: u64 = events.iter().filter_map(|e| e.bytes_sent).sum();
@@ -222,6 +274,7 @@ mod summary_tests {
             blobs_sent: None,
             bytes_sent: None,
             bytes_received: None,
+            failed_nodes: vec![],
         }
     }
 
@@ -255,6 +308,7 @@ mod summary_tests {
             s.contains("3 compiles: 1 remote, 1 local by choice, 1 fell back to local"),
             "{s}"
         );
+        assert!(!s.contains("node failures"), "{s}");
         assert!(
             s.contains(
                 "farm traffic: 5 of 20 inputs sent as blobs (3.5 MiB), 1.0 MiB of outputs received"
@@ -263,6 +317,31 @@ mod summary_tests {
         );
         assert!(s.contains("serde") && s.contains("on node-1") && s.contains("node lost"));
         assert!(!s.contains("___"));
+    }
+
+    #[test]
+    fn summary_counts_retries_on_other_nodes() {
+        let failed = |e: Event, nodes: &[&str]| Event {
+            failed_nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            ..e
+        };
+        let events = vec![
+            failed(ev("serde", Placement::Remote, Some("n2"), None), &["n1"]),
+            ev("memchr", Placement::Remote, Some("n1"), None),
+            failed(
+                ev("regex", Placement::Fallback, None, Some("node n3: lost")),
+                &["n1", "n2", "n3"],
+            ),
+        ];
+        let s = summarize(&events);
+        assert!(
+            s.contains(
+                "node failures: 4 failed attempts; 1 compiles finished on another node, 1 fell back to local"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("on n2 (failed on n1)"), "{s}");
+        assert!(s.contains("node n3: lost (failed on n1, n2, n3)"), "{s}");
     }
 
     #[test]

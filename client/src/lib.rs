@@ -10,9 +10,11 @@
 //! * [`outputs`]: which paths a node may write on this machine (pure).
 //! * [`package`]: the package directory shipped for proc-macros that read files.
 //! * [`config`]: settings from the environment.
+//! * [`discovery`]: finding the scheduler over mDNS, with an on-disk cache.
 //! * [`hashcache`]: input digests remembered across compiles.
 //! * [`remote`]: one job on the farm, from pre-pass to written outputs.
 //! * [`local`]: running rustc here, untouched or after a failed farm attempt.
+//! * [`throttle`]: the host-wide limit on local compiles.
 //! * [`events`]: the per-invocation event log.
 //! * [`wrapper`]: the entry point tying these together.
 //! * [`status`]: `distcc-rs status`.
@@ -24,6 +26,7 @@
 pub mod argv;
 pub mod config;
 pub mod depinfo;
+pub mod discovery;
 pub mod events;
 pub mod hashcache;
 pub mod inputs;
@@ -32,4 +35,5 @@ pub mod outputs;
 pub mod package;
 pub mod remote;
 pub mod status;
+pub mod throttle;
 pub mod wrapper;

@@ -13,17 +13,24 @@ use distcc_rs::config::{ClientConfig, vars};
 ///
 /// Use it as cargo's compiler wrapper:
 ///
-///     export RUSTC_WRAPPER=distcc-rs DISTCC_RS_SCHEDULER=host:7700
+///     export RUSTC_WRAPPER=distcc-rs
 ///     cargo build
 ///
+/// The client finds the scheduler of its farm over mDNS, or uses
+/// DISTCC_RS_SCHEDULER=host:7700 where multicast does not reach.
 /// Library crates compile on the farm; binaries, proc-macros, build scripts
 /// and incremental compiles run locally, and so does anything the farm
-/// cannot do at the moment. Settings: DISTCC_RS_SCHEDULER (host:port),
+/// cannot do at the moment. Settings: DISTCC_RS_SCHEDULER (host:port; unset,
+/// the scheduler is looked for over mDNS and remembered for a minute),
+/// DISTCC_RS_NETNAME (the farm to look for, default `default`),
+/// DISTCC_RS_MDNS=0 (never look over mDNS),
 /// DISTCC_RS_CACHE_DIR (toolchain bundles and input digests), DISTCC_RS_EVENTS
 /// (a JSON line per compile), DISTCC_RS_LOG (log filter, e.g. `debug`) with
 /// DISTCC_RS_LOG_FILE, DISTCC_RS_DISABLE=1 (compile everything locally),
 /// DISTCC_RS_PIPELINING=0 (tell cargo a farm compile's .rmeta is ready only
-/// when the compile ends, as a farm without pipelining would; for benchmarks).
+/// when the compile ends, as a farm without pipelining would; for benchmarks),
+/// DISTCC_RS_LOCAL_SLOTS (how many local compiles may run at once on this
+/// machine, across all wrappers; default: the number of CPUs).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, verbatim_doc_comment)]
 struct Cli {
@@ -35,7 +42,9 @@ struct Cli {
 enum Command {
     /// Shows the scheduler, its nodes and the jobs in flight.
     Status {
-        /// The scheduler's address [default: $DISTCC_RS_SCHEDULER].
+        /// The scheduler's address [default: $DISTCC_RS_SCHEDULER, else the
+        /// scheduler of farm $DISTCC_RS_NETNAME (default `default`) found
+        /// over mDNS].
         #[arg(long)]
         scheduler: Option<SocketAddr>,
         /// Print JSON for scripts instead of a table.
@@ -79,10 +88,7 @@ fn cli(cli: Cli) -> anyhow::Result<()> {
         Command::Status { scheduler, json } => {
             let scheduler = match scheduler {
                 Some(s) => s,
-                None => ClientConfig::from_env()
-                    .scheduler
-                    .context("no scheduler given: pass --scheduler or set DISTCC_RS_SCHEDULER")?
-                    .map_err(anyhow::Error::msg)?,
+                None => find_scheduler(&ClientConfig::from_env())?,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -109,6 +115,34 @@ fn cli(cli: Cli) -> anyhow::Result<()> {
         }
     }
 }
+
+/// The scheduler from the environment, else the one mDNS finds.
+fn find_scheduler(config: &ClientConfig) -> anyhow::Result<SocketAddr> {
+    if let Some(configured) = &config.scheduler {
+        return configured.clone().map_err(anyhow::Error::msg);
+    }
+    anyhow::ensure!(
+        config.mdns,
+        "no scheduler given: pass --scheduler or set DISTCC_RS_SCHEDULER \
+         (looking for one over mDNS is off by DISTCC_RS_MDNS)"
+    );
+    let farm = config.farm.clone().map_err(anyhow::Error::msg)?;
+    // Longer than a wrapper waits: a person is waiting for an answer, and
+    // a scheduler that just started needs about a second to be found.
+    let found = distcc_rs::discovery::browse(&farm, STATUS_BROWSE_TIMEOUT)
+        .map_err(anyhow::Error::msg)
+        .context("cannot look for the scheduler over mDNS")?;
+    found.with_context(|| {
+        format!(
+            "no scheduler of farm {farm:?} answered over mDNS within {} s: pass --scheduler, \
+             set DISTCC_RS_SCHEDULER, or DISTCC_RS_NETNAME for another farm",
+            STATUS_BROWSE_TIMEOUT.as_secs()
+        )
+    })
+}
+
+/// How long `distcc-rs status` looks for the scheduler over mDNS.
+const STATUS_BROWSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Logs go to a file and only when asked for: cargo reads the wrapper's
 /// stderr as rustc's, so nothing of ours may appear there.

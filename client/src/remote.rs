@@ -5,10 +5,14 @@
 //! toolchain bundle exists (and that the scheduler has it), ask the
 //! scheduler for a node, send the node the job and whichever inputs it
 //! lacks, then write outputs and forward stderr as they stream back.
+//!
+//! When the node, or the path to it, fails the job (see
+//! [`FarmError::is_node_failure`]), the job is placed again on another node,
+//! up to [`MAX_RETRIES`] times, before it goes back to local rustc.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,6 +30,7 @@ use tracing::{debug, info};
 use crate::argv::{self, CompileJob};
 use crate::config::ClientConfig;
 use crate::hashcache::{HashCache, Outcome};
+use crate::local::AlreadyShown;
 use crate::outputs::OutputPolicy;
 use crate::package::{self, PackageLimits};
 use crate::{depinfo, inputs};
@@ -36,6 +41,11 @@ const BLOB_ZSTD_LEVEL: i32 = 3;
 /// After the scheduler failed to answer, wrappers skip the farm for this
 /// long instead of each waiting for a connect timeout.
 const SCHEDULER_DOWN_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How many other nodes a job is tried on after its first node failed it.
+/// Three node failures for one job suggest the job rather than the nodes,
+/// and the local compile that follows is certain to be tried.
+pub const MAX_RETRIES: usize = 2;
 
 /// Why a job did not run on the farm.
 #[derive(Debug, thiserror::Error)]
@@ -58,11 +68,45 @@ pub enum FarmError {
     Net { node: String, source: NetError },
     #[error("node {node} sent a bad output: {reason}")]
     Output { node: String, reason: String },
+    #[error("cannot write an output of node {node} here: {reason}")]
+    WriteOutput { node: String, reason: String },
 }
 
-/// What a farm attempt moved, for the event log. Byte counts are the
+impl FarmError {
+    /// Whether the failure lies with the node or the path to it, so that
+    /// another node may well succeed: a lost or timed-out connection, a
+    /// node that refused the ticket, was busy, could not get the toolchain
+    /// or start the sandbox, a run the node reported as failed, and a
+    /// damaged or missing output.
+    ///
+    /// Not node failures: everything that happens before a node is chosen
+    /// or on this machine (it would happen again), a request the node
+    /// found invalid (any node would), and a job that ran out of its time
+    /// limit (another node would most likely take as long, and the local
+    /// compile is the surer way to an answer). A genuine compile error is
+    /// no failure at all: it is rustc's answer.
+    pub fn is_node_failure(&self) -> bool {
+        match self {
+            FarmError::Net { .. } | FarmError::Output { .. } => true,
+            FarmError::Job { source, .. } => !matches!(
+                source,
+                JobError::InvalidRequest(_) | JobError::Timeout { .. }
+            ),
+            FarmError::Prepass(_)
+            | FarmError::Inputs(_)
+            | FarmError::Toolchain(_)
+            | FarmError::SchedulerUnreachable { .. }
+            | FarmError::RunLocally(_)
+            | FarmError::Upload(_)
+            | FarmError::WriteOutput { .. } => false,
+        }
+    }
+}
+
+/// What a job's farm attempts moved, summed over every node tried, and
+/// which nodes failed it, for the event log. Byte counts are the
 /// zstd-compressed chunk payloads on the wire, without frame headers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Traffic {
     /// Files in the job manifest; `None` until the job had one, in which
     /// case nothing was sent either.
@@ -72,6 +116,8 @@ pub struct Traffic {
     pub bytes_sent: u64,
     /// Output files only: diagnostics and stdout are not counted.
     pub bytes_received: u64,
+    /// Names of the nodes whose attempt failed, in order.
+    pub failed_nodes: Vec<String>,
 }
 
 /// A job that did not finish on the farm, with the stderr lines already
@@ -96,6 +142,9 @@ impl From<FarmError> for Failure {
 pub struct Success {
     pub exit_code: i32,
     pub node: String,
+    /// The failure of the previous node when the job was retried, for the
+    /// event log.
+    pub retried_after: Option<FarmError>,
 }
 
 /// Everything about a job that is known before it is placed.
@@ -320,23 +369,109 @@ async fn farm(
             return Err(unreachable(e.to_string()).into());
         }
     };
-    let client = format!(
-        "{}:{}",
-        fs::read_to_string("/proc/sys/kernel/hostname")
-            .unwrap_or_default()
-            .trim(),
-        std::process::id()
-    );
-    let request = AllocateRequest {
+    let host = host_name();
+    let mut request = AllocateRequest {
         toolchain: bundle.id,
         crate_name: job.crate_name.clone(),
-        client,
-        build: String::new(),
+        client: format!("{host}:{}", std::process::id()),
+        build: build_id(&host),
         exclude: Vec::new(),
     };
     let mut uploaded = false;
-    let assignment = loop {
-        let (mut w, mut r) = open_stream(&conn)
+    let hashes = HashCache::new(config.cache_dir.join("hashes"));
+    // Inputs are found and hashed once, for the first node; a retry sends
+    // the same request with the new node's ticket.
+    let mut prepared: Option<Prepared> = None;
+    // Every stderr line shown to cargo so far, over all attempts.
+    let mut forwarded = Vec::new();
+    // Why the previous node failed, while the job is being retried.
+    let mut node_failure: Option<FarmError> = None;
+    let result = loop {
+        let assignment = match allocate(&conn, scheduler, &request, bundle, config, &mut uploaded)
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => match node_failure.take() {
+                // The node's failure is what went wrong; the scheduler's
+                // answer to the retry (no other node, or no answer at all)
+                // only says that nothing else can be tried.
+                Some(failure) => {
+                    info!(crate_name = %job.crate_name, answer = %e, "no other node to retry on");
+                    break Err(failure);
+                }
+                None => break Err(e),
+            },
+        };
+        debug!(
+            job_id = %assignment.job,
+            node = %assignment.node_name,
+            attempt = request.exclude.len() + 1,
+            "placed"
+        );
+        let prepared = match prepared {
+            Some(ref p) => p,
+            None => match prepare(rustc, args, job, assignment.ticket, &hashes) {
+                Ok(p) => {
+                    traffic.inputs = Some(p.request.files.len());
+                    prepared.insert(p)
+                }
+                Err(e) => {
+                    release(&conn, assignment.job).await;
+                    break Err(e);
+                }
+            },
+        };
+        let mut attempt = Attempt {
+            shown_before: AlreadyShown::new(&forwarded),
+            forwarded: &mut forwarded,
+            traffic,
+            pipelining: config.pipelining,
+        };
+        match run_job(&endpoint, &opts, &assignment, prepared, &mut attempt).await {
+            Ok(exit_code) => {
+                break Ok(Success {
+                    exit_code,
+                    node: assignment.node_name,
+                    retried_after: node_failure,
+                });
+            }
+            Err(error) => {
+                // A job the node never started still holds a slot on the
+                // scheduler (for one it started, the release is ignored).
+                release(&conn, assignment.job).await;
+                traffic.failed_nodes.push(assignment.node_name);
+                if !error.is_node_failure() || request.exclude.len() >= MAX_RETRIES {
+                    break Err(error);
+                }
+                info!(crate_name = %job.crate_name, cause = %error, "retrying on another node");
+                request.exclude.push(assignment.node);
+                node_failure = Some(error);
+            }
+        }
+    };
+    conn.close(0u32.into(), b"done");
+    // Let the close frames go out, but do not make every compile wait for
+    // the full closing handshake.
+    let _ = tokio::time::timeout(Duration::from_millis(5), endpoint.wait_idle()).await;
+    result.map_err(|error| Failure { error, forwarded })
+}
+
+/// Asks the scheduler for a node, uploading the toolchain first if the
+/// scheduler lacks it (once: `uploaded` remembers it across retries).
+async fn allocate(
+    conn: &quinn::Connection,
+    scheduler: SocketAddr,
+    request: &AllocateRequest,
+    bundle: &Bundle,
+    config: &ClientConfig,
+    uploaded: &mut bool,
+) -> Result<Assignment, FarmError> {
+    let unreachable = |reason: String| FarmError::SchedulerUnreachable {
+        addr: scheduler,
+        reason,
+    };
+    loop {
+        let (mut w, mut r) = open_stream(conn)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         w.send(&SchedulerRequest::Allocate(request.clone()))
@@ -347,52 +482,37 @@ async fn farm(
             .await
             .map_err(|e| unreachable(e.to_string()))?
         {
-            AllocateResponse::Assigned(a) => break a,
-            AllocateResponse::RunLocally(reason) => {
-                return Err(FarmError::RunLocally(reason).into());
-            }
-            AllocateResponse::NeedToolchain if !uploaded => {
-                upload(&conn, bundle, &config.cache_dir).await?;
-                uploaded = true;
+            AllocateResponse::Assigned(a) => return Ok(a),
+            AllocateResponse::RunLocally(reason) => return Err(FarmError::RunLocally(reason)),
+            AllocateResponse::NeedToolchain if !*uploaded => {
+                upload(conn, bundle, &config.cache_dir).await?;
+                *uploaded = true;
             }
             AllocateResponse::NeedToolchain => {
                 return Err(FarmError::Upload(
                     "the scheduler still lacks the toolchain after an upload".into(),
-                )
-                .into());
+                ));
             }
         }
-    };
-    debug!(job_id = %assignment.job, node = %assignment.node_name, "placed");
-    let mut forwarded = Vec::new();
-    let hashes = HashCache::new(config.cache_dir.join("hashes"));
-    let result = match prepare(rustc, args, job, assignment.ticket, &hashes) {
-        Ok(prepared) => {
-            traffic.inputs = Some(prepared.request.files.len());
-            let mut attempt = Attempt {
-                forwarded: &mut forwarded,
-                traffic,
-                pipelining: config.pipelining,
-            };
-            run_job(&endpoint, &opts, &assignment, &prepared, &mut attempt).await
-        }
-        Err(e) => Err(e),
-    };
-    if result.is_err() {
-        // A job the node never started still holds a slot on the scheduler.
-        release(&conn, assignment.job).await;
     }
-    conn.close(0u32.into(), b"done");
-    // Let the close frames go out, but do not make every compile wait for
-    // the full closing handshake.
-    let _ = tokio::time::timeout(Duration::from_millis(5), endpoint.wait_idle()).await;
-    match result {
-        Ok(exit_code) => Ok(Success {
-            exit_code,
-            node: assignment.node_name,
-        }),
-        Err(error) => Err(Failure { error, forwarded }),
-    }
+}
+
+/// This machine's host name, for the scheduler's displays and logs.
+fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// The build this job belongs to, so the scheduler shares the farm between
+/// builds rather than between wrapper processes: the host name and the pid
+/// of this process's parent. Cargo starts every wrapper of a build itself
+/// (checked: even when run through rustup's proxy, whose process becomes
+/// cargo by exec), so they all share that parent, and a `cargo` run by a
+/// build script is a build of its own.
+fn build_id(host: &str) -> String {
+    format!("{host}:{}", std::os::unix::process::parent_id())
 }
 
 /// Gives an unused assignment back to the scheduler. Best effort: if this
@@ -535,7 +655,11 @@ async fn upload(
 
 /// The state of one farm attempt that outlives its failure.
 struct Attempt<'a> {
-    /// Stderr lines already shown to cargo.
+    /// What earlier attempts at this job showed cargo, not to be shown
+    /// again: a retry prints the same diagnostics, and with pipelining the
+    /// same `.rmeta` notification, which cargo must not see twice.
+    shown_before: AlreadyShown,
+    /// Stderr lines shown to cargo, by this attempt and the earlier ones.
     forwarded: &'a mut Vec<Vec<u8>>,
     traffic: &'a mut Traffic,
     /// When false, the `.rmeta` notification waits for rustc's exit.
@@ -561,9 +685,11 @@ async fn run_job(
         .await
         .map_err(net)?;
     let (mut w, mut r) = open_stream(&conn).await.map_err(net)?;
-    w.send(&NodeRequest::Job(prepared.request.clone()))
-        .await
-        .map_err(net)?;
+    let request = JobRequest {
+        ticket: assignment.ticket,
+        ..prepared.request.clone()
+    };
+    w.send(&NodeRequest::Job(request)).await.map_err(net)?;
     loop {
         let missing = match r.recv::<JobAccept>().await.map_err(net)? {
             JobAccept::Rejected(source) => return Err(FarmError::Job { node, source }),
@@ -586,6 +712,11 @@ async fn run_job(
     // notification. They count as forwarded only once written, so a job
     // that fails before then leaves them to the local rerun.
     let mut held: Vec<Vec<u8>> = Vec::new();
+    // rustc's stdout (a proc-macro's `println!`) is shown only once the
+    // attempt succeeded, so a failed attempt leaves nothing that the retry
+    // or the local compile would print a second time. It is small as a
+    // rule, but kept on disk past a few MiB.
+    let mut stdout_held = tempfile::spooled_tempfile(4 << 20);
     loop {
         match r.recv::<JobEvent>().await.map_err(net)? {
             JobEvent::Running => {}
@@ -593,8 +724,10 @@ async fn run_job(
                 held.push(bytes);
             }
             JobEvent::Stderr(bytes) => {
-                forward(&mut stderr, &bytes);
-                attempt.forwarded.push(bytes);
+                if attempt.shown_before.is_new(&bytes) {
+                    forward(&mut stderr, &bytes);
+                    attempt.forwarded.push(bytes);
+                }
             }
             JobEvent::Output(header) => {
                 let bad = |reason: String| FarmError::Output {
@@ -608,10 +741,16 @@ async fn run_job(
                 let parent = local
                     .parent()
                     .ok_or_else(|| bad("no parent directory".into()))?;
+                let cannot_write = |reason: String| FarmError::WriteOutput {
+                    node: node.clone(),
+                    reason,
+                };
                 let mut tmp = tempfile::Builder::new()
                     .prefix(".distcc-rs-")
                     .tempfile_in(parent)
-                    .map_err(|e| bad(format!("cannot write in {}: {e}", parent.display())))?;
+                    .map_err(|e| {
+                        cannot_write(format!("cannot write in {}: {e}", parent.display()))
+                    })?;
                 let got = payload::recv_compressed(&mut r, tmp.as_file_mut(), header.size)
                     .await
                     .map_err(net)?;
@@ -628,8 +767,9 @@ async fn run_job(
                 let _ = tmp
                     .as_file()
                     .set_permissions(fs::Permissions::from_mode(mode));
-                tmp.persist(&local)
-                    .map_err(|e| bad(format!("cannot write {}: {}", header.path, e.error)))?;
+                tmp.persist(&local).map_err(|e| {
+                    cannot_write(format!("cannot write {}: {}", header.path, e.error))
+                })?;
                 received.insert(local);
             }
             JobEvent::Exited { code } => {
@@ -644,15 +784,26 @@ async fn run_job(
                     });
                 }
                 for line in held {
-                    forward(&mut stderr, &line);
-                    attempt.forwarded.push(line);
+                    if attempt.shown_before.is_new(&line) {
+                        forward(&mut stderr, &line);
+                        attempt.forwarded.push(line);
+                    }
+                }
+                // A failed write means cargo went away, as with stderr.
+                if stdout_held.rewind().is_ok() {
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = std::io::copy(&mut stdout_held, &mut stdout);
+                    let _ = stdout.flush();
                 }
                 return Ok(code);
             }
             JobEvent::Stdout(bytes) => {
-                let mut stdout = std::io::stdout().lock();
-                let _ = stdout.write_all(&bytes);
-                let _ = stdout.flush();
+                stdout_held
+                    .write_all(&bytes)
+                    .map_err(|e| FarmError::WriteOutput {
+                        node: node.clone(),
+                        reason: format!("cannot keep rustc's stdout until it exits: {e}"),
+                    })?;
             }
             JobEvent::Failed(source) => return Err(FarmError::Job { node, source }),
         }
@@ -689,6 +840,61 @@ fn is_metadata_artifact(line: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_failures_of_the_node_are_retried_elsewhere() {
+        let node = || "n1".to_owned();
+        let job = |source| FarmError::Job {
+            node: node(),
+            source,
+        };
+        let toolchain = distcc_rs_proto::ToolchainId(Digest([7; 32]));
+        let retried = [
+            FarmError::Net {
+                node: node(),
+                source: NetError::UnexpectedEof,
+            },
+            FarmError::Output {
+                node: node(),
+                reason: "truncated".into(),
+            },
+            job(JobError::BadTicket("stale key".into())),
+            job(JobError::Busy),
+            job(JobError::ToolchainUnavailable {
+                id: toolchain,
+                reason: "fetch failed".into(),
+            }),
+            job(JobError::BlobCorrupt {
+                digest: Digest([1; 32]),
+            }),
+            job(JobError::Sandbox("bwrap".into())),
+            job(JobError::Killed { signal: 9 }),
+            job(JobError::Io("disk full".into())),
+        ];
+        let not_retried = [
+            job(JobError::InvalidRequest("relative path".into())),
+            job(JobError::Timeout { secs: 600 }),
+            FarmError::WriteOutput {
+                node: node(),
+                reason: "read-only".into(),
+            },
+            FarmError::Prepass("E0432".into()),
+            FarmError::Inputs("gone".into()),
+            FarmError::Toolchain("no sysroot".into()),
+            FarmError::SchedulerUnreachable {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                reason: "timed out".into(),
+            },
+            FarmError::RunLocally(RunLocallyReason::NoEligibleNode),
+            FarmError::Upload("rejected".into()),
+        ];
+        for e in &retried {
+            assert!(e.is_node_failure(), "{e}");
+        }
+        for e in &not_retried {
+            assert!(!e.is_node_failure(), "{e}");
+        }
+    }
 
     #[test]
     fn only_the_metadata_notification_is_held_back() {

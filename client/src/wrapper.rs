@@ -1,6 +1,7 @@
 //! The `RUSTC_WRAPPER` entry point: decide, compile, report.
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Instant;
 
@@ -10,7 +11,8 @@ use crate::argv::{self, Classification};
 use crate::config::ClientConfig;
 use crate::events::{self, Event, Placement};
 use crate::remote::Traffic;
-use crate::{local, remote};
+use crate::throttle::LocalSlots;
+use crate::{discovery, local, remote};
 
 /// Handles one rustc invocation: `rustc` is the compiler cargo asked for,
 /// `args` its arguments. Returns the exit code to leave with.
@@ -42,6 +44,7 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
                     blobs_sent: farm.then_some(traffic.blobs_sent),
                     bytes_sent: farm.then_some(traffic.bytes_sent),
                     bytes_received: farm.then_some(traffic.bytes_received),
+                    failed_nodes: traffic.failed_nodes,
                 },
             );
         }
@@ -81,11 +84,12 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
     };
     let name = Some(job.crate_name.clone());
     let types = job.crate_types.clone();
-    let scheduler = match (&config.scheduler, config.disabled) {
-        (_, true) => Err("disabled by DISTCC_RS_DISABLE".to_owned()),
-        (None, _) => Err("no scheduler configured (set DISTCC_RS_SCHEDULER)".to_owned()),
-        (Some(Err(e)), _) => Err(e.clone()),
-        (Some(Ok(addr)), _) => Ok(*addr),
+    let scheduler = resolve_scheduler(&config);
+    // Set when the address came from mDNS (or its cache), which must be
+    // told when the address turns out not to work.
+    let discovered_farm = match (&config.scheduler, &config.farm) {
+        (None, Ok(farm)) => Some(farm.clone()),
+        _ => None,
     };
     let scheduler = match scheduler {
         Ok(s) => s,
@@ -106,12 +110,13 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
     match remote::compile(rustc, &expanded, &job, scheduler, &config, &mut traffic) {
         Ok(done) => {
             info!(crate_name = %job.crate_name, node = %done.node, code = done.exit_code, "compiled on the farm");
+            // A retried job's reason is why its earlier node failed.
             record(
                 name,
                 types,
                 Placement::Remote,
                 Some(done.node),
-                None,
+                done.retried_after.map(|e| e.to_string()),
                 Some(done.exit_code),
                 traffic,
             );
@@ -119,7 +124,16 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
         }
         Err(failure) => {
             warn!(crate_name = %job.crate_name, cause = %failure.error, "compiling locally instead");
-            let code = match local::run_after_partial(rustc, &args, &failure.forwarded) {
+            if let Some(farm) = &discovered_farm
+                && matches!(
+                    failure.error,
+                    remote::FarmError::SchedulerUnreachable { .. }
+                )
+            {
+                discovery::forget(&config.cache_dir, farm);
+            }
+            let slots = LocalSlots::from_config(&config);
+            let code = match local::run_after_partial(rustc, &args, &failure.forwarded, &slots) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("distcc-rs: cannot run {}: {e}", rustc.display());
@@ -140,8 +154,30 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
     }
 }
 
+/// Where the scheduler is: `DISTCC_RS_SCHEDULER`, else the scheduler of
+/// the farm found over mDNS (see [`discovery`]). The error is the reason to
+/// compile locally, for the event log.
+fn resolve_scheduler(config: &ClientConfig) -> Result<SocketAddr, String> {
+    if config.disabled {
+        return Err("disabled by DISTCC_RS_DISABLE".to_owned());
+    }
+    match &config.scheduler {
+        Some(Ok(addr)) => Ok(*addr),
+        Some(Err(e)) => Err(e.clone()),
+        None if !config.mdns => Err(
+            "no scheduler configured (set DISTCC_RS_SCHEDULER; looking for one over mDNS \
+             is off by DISTCC_RS_MDNS)"
+                .to_owned(),
+        ),
+        None => {
+            let farm = config.farm.as_ref().map_err(Clone::clone)?;
+            discovery::scheduler(&config.cache_dir, farm)
+        }
+    }
+}
+
 fn exec_local(rustc: &Path, args: &[OsString]) -> i32 {
-    let err = local::exec(rustc, args);
+    let err = local::exec(rustc, args, &LocalSlots::from_env());
     eprintln!("distcc-rs: cannot run {}: {err}", rustc.display());
     1
 }

@@ -9,10 +9,13 @@
 //! * [`framed`]: sending and receiving `distcc-rs-proto` messages on streams.
 //! * [`payload`]: chunk streams for blobs, outputs and toolchain bundles,
 //!   compressed and hashed on the fly.
+//! * [`discovery`]: mDNS advertising and browsing (mdns-sd), for daemons and
+//!   clients that run without a configured address.
 //!
 //! This crate is where the sans-IO `proto` meets quinn and tokio; the daemons
 //! and the client build on it and never touch quinn's streams directly.
 
+pub mod discovery;
 pub mod endpoint;
 pub mod framed;
 pub mod payload;

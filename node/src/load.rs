@@ -100,7 +100,7 @@ impl LoadSampler {
             .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
         let disk_free = nix::sys::statvfs::statvfs(&self.work_dir)
             .ok()
-            .map(|s| u64::from(s.blocks_available()).saturating_mul(s.fragment_size()));
+            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()));
         Readings {
             cores: self.system.cpus().len(),
             cpu_busy_percent: self.system.global_cpu_usage(),

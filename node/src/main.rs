@@ -7,19 +7,43 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use distcc_rs_node::{Node, NodeConfig};
+use distcc_rs_proto::discovery::{DEFAULT_FARM, FarmNameError, validate_farm_name};
 
 /// Runs rustc jobs for a distcc-rs farm.
 ///
-/// The node registers with the scheduler, receives jobs straight from
-/// clients, runs each one in a bubblewrap sandbox with a toolchain it fetches
-/// from the scheduler (no Rust install needed on this machine), and streams
-/// the results back.
+/// The node advertises itself over mDNS and waits for a scheduler of its
+/// farm to find and adopt it (or dials the one given with --scheduler),
+/// receives jobs straight from clients, runs each one in a bubblewrap
+/// sandbox with a toolchain it fetches from the scheduler (no Rust install
+/// needed on this machine), and streams the results back. Once registered
+/// it prints `distcc-rs-node NAME listening on ADDR, registered with ADDR`
+/// on stdout.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
-    /// The scheduler's address.
+    /// A scheduler to dial and stay registered with, as IP:PORT, for
+    /// networks where mDNS does not reach. Without it the node waits for a
+    /// scheduler of its farm to find it over mDNS, or to be given this
+    /// node's address with `--node`.
     #[arg(long, env = "DISTCC_RS_SCHEDULER")]
-    scheduler: SocketAddr,
+    scheduler: Option<SocketAddr>,
+    /// The farm this node belongs to. It joins only schedulers of the same
+    /// farm, so several farms can share a network. Letters, digits, '-',
+    /// '_' and '.'.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "DISTCC_RS_NETNAME",
+        default_value = DEFAULT_FARM,
+        value_parser = parse_farm_name
+    )]
+    netname: String,
+    /// Do not advertise the node over mDNS (multicast DNS, on the listen
+    /// address's interface, or on every interface when listening on 0.0.0.0
+    /// or [::]). Schedulers then find it only through their `--node` list,
+    /// or through this node's `--scheduler`.
+    #[arg(long)]
+    no_mdns: bool,
     /// Where to accept jobs.
     #[arg(long, default_value = "0.0.0.0:7701")]
     listen: SocketAddr,
@@ -98,6 +122,10 @@ fn parse_size(text: &str) -> Result<u64, SizeError> {
         .ok_or_else(|| SizeError::TooLarge(text.to_owned()))
 }
 
+fn parse_farm_name(name: &str) -> Result<String, FarmNameError> {
+    validate_farm_name(name).map(|()| name.to_owned())
+}
+
 fn main() -> std::process::ExitCode {
     match run(Args::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -133,6 +161,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         listen: args.listen,
         advertise: args.advertise,
         scheduler: args.scheduler,
+        farm: args.netname,
+        mdns: !args.no_mdns,
         work_dir: args.work_dir,
         slots,
         bwrap: args.bwrap,
@@ -146,12 +176,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         let addr = node.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let serve = tokio::spawn(node.serve(tx, shutdown_signal()));
-        if rx.await.is_ok() {
+        if let Ok(scheduler) = rx.await {
             // Tests and service managers wait for this line.
-            println!(
-                "distcc-rs-node {name} listening on {addr}, registered with {}",
-                args.scheduler
-            );
+            println!("distcc-rs-node {name} listening on {addr}, registered with {scheduler}");
         }
         serve.await.context("node task failed")?;
         anyhow::Ok(())
@@ -214,5 +241,18 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(args.store_size, 1 << 20);
+    }
+
+    #[test]
+    fn the_scheduler_is_optional_and_farm_names_are_checked() {
+        let args = Args::try_parse_from(["distcc-rs-node"]).unwrap();
+        assert_eq!(args.scheduler, None);
+        assert_eq!(args.netname, "default");
+        assert!(!args.no_mdns);
+        let args =
+            Args::try_parse_from(["distcc-rs-node", "--netname", "team-a", "--no-mdns"]).unwrap();
+        assert_eq!(args.netname, "team-a");
+        assert!(args.no_mdns);
+        assert!(Args::try_parse_from(["distcc-rs-node", "--netname", "a b"]).is_err());
     }
 }

@@ -8,14 +8,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use distcc_rs_net::discovery::Mdns;
 use distcc_rs_net::{
     EndpointOptions, FrameReader, FrameWriter, Identity, PeerAuth, accept_stream, endpoint, payload,
 };
+use distcc_rs_proto::discovery::{Advert, NodeAdvert};
 use distcc_rs_proto::message::{FetchResponse, NodeEvent, NodeRequest, SchedulerRequest};
 use distcc_rs_proto::{JobId, NodeId, ToolchainId};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
+use crate::load::LoadSampler;
 use crate::store::BlobStore;
 use crate::toolchains::{ReadyToolchain, Toolchains};
 use crate::{NodeError, control, job};
@@ -27,7 +30,16 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// An address clients should use instead of the one the scheduler sees.
     pub advertise: Option<SocketAddr>,
-    pub scheduler: SocketAddr,
+    /// A scheduler to dial and stay registered with (`--scheduler`), for
+    /// networks where mDNS does not reach. Without it the node waits to be
+    /// adopted by a scheduler that finds it.
+    pub scheduler: Option<SocketAddr>,
+    /// The farm the node belongs to (`--netname`): it joins schedulers of
+    /// this farm only.
+    pub farm: String,
+    /// Whether to advertise the node over mDNS. Off, a scheduler finds the
+    /// node only through `--node` or the node's own `--scheduler`.
+    pub mdns: bool,
     pub work_dir: PathBuf,
     pub slots: u32,
     /// The bubblewrap binary that builds each job's sandbox.
@@ -57,6 +69,8 @@ pub struct Shared {
     pub ticket_key: Mutex<Option<[u8; 32]>>,
     /// The connection to the scheduler, while there is one.
     pub scheduler: Mutex<Option<quinn::Connection>>,
+    /// The registration link, dialled or adopted.
+    pub control: control::Control,
     pub endpoint: quinn::Endpoint,
     pub opts: EndpointOptions,
     events: mpsc::UnboundedSender<NodeEvent>,
@@ -190,7 +204,6 @@ impl Shared {
 /// A node that has bound its socket and opened its directories.
 pub struct Node {
     shared: Arc<Shared>,
-    events: mpsc::UnboundedReceiver<NodeEvent>,
 }
 
 impl Node {
@@ -223,6 +236,15 @@ impl Node {
         let jobserver = crate::jobserver::Jobserver::new(cores.saturating_sub(1))
             .map_err(|e| NodeError::io(Path::new("jobserver pipe"), e))?;
         let makeflags = jobserver.makeflags();
+        let load = LoadSampler::new(work)
+            .inspect_err(|e| {
+                warn!(
+                    cause = %e,
+                    "cannot measure this machine's load; reports to the scheduler \
+                     carry job counts only"
+                )
+            })
+            .ok();
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             slots: Arc::new(Semaphore::new(config.slots as usize)),
@@ -235,13 +257,14 @@ impl Node {
             jobs_dir,
             ticket_key: Mutex::new(None),
             scheduler: Mutex::new(None),
+            control: control::Control::new(rx, load),
             endpoint,
             opts,
             events: tx,
             seen_jobs: Mutex::new(HashSet::new()),
             running: AtomicU32::new(0),
         });
-        Ok(Node { shared, events: rx })
+        Ok(Node { shared })
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, NodeError> {
@@ -255,15 +278,29 @@ impl Node {
         self.shared.node_id
     }
 
-    /// Serves jobs and keeps the scheduler link up until `shutdown`
-    /// resolves. `registered` fires after the first successful registration.
+    /// Serves jobs, advertises the node over mDNS (unless configured off)
+    /// and keeps the scheduler link up until `shutdown` resolves.
+    /// `registered` receives the scheduler's address after the first
+    /// successful registration, dialled or adopted.
     pub async fn serve(
         self,
-        registered: tokio::sync::oneshot::Sender<()>,
+        registered: tokio::sync::oneshot::Sender<SocketAddr>,
         shutdown: impl Future<Output = ()>,
     ) {
         let shared = self.shared.clone();
-        let control = tokio::spawn(control::maintain(shared.clone(), self.events, registered));
+        shared.control.on_first_registration(registered);
+        let mdns = shared.config.mdns.then(|| advertise(&shared)).flatten();
+        let dialler = match shared.config.scheduler {
+            Some(scheduler) => Some(tokio::spawn(control::maintain(shared.clone(), scheduler))),
+            None => {
+                info!(
+                    farm = %shared.config.farm,
+                    "waiting for a scheduler of farm {:?} to adopt this node",
+                    shared.config.farm
+                );
+                None
+            }
+        };
         let accept = async {
             while let Some(incoming) = shared.endpoint.accept().await {
                 let shared = shared.clone();
@@ -287,8 +324,47 @@ impl Node {
             () = accept => {}
             () = shutdown => info!("shutting down"),
         }
-        control.abort();
+        if let Some(dialler) = dialler {
+            dialler.abort();
+        }
+        if let Some(mdns) = mdns {
+            // Browsers see the node go at once, rather than when its records
+            // expire.
+            mdns.shutdown().await;
+        }
         shared.endpoint.close(0u32.into(), b"node shutting down");
+    }
+}
+
+/// Advertises the node over mDNS; `None` (with a warning saying what still
+/// works) when mDNS is unavailable.
+fn advertise(shared: &Shared) -> Option<Mdns> {
+    let port = shared.endpoint.local_addr().ok()?.port();
+    let advert = Advert::Node(NodeAdvert {
+        farm: shared.config.farm.clone(),
+        node: shared.node_id,
+        name: shared.config.name.clone(),
+        port,
+        slots: shared.config.slots,
+    });
+    let unique = format!("{:016x}", shared.node_id.0);
+    let advertised = Mdns::start(shared.config.listen.ip()).and_then(|mdns| {
+        let instance = mdns.advertise(&advert, &unique)?;
+        Ok((mdns, instance))
+    });
+    match advertised {
+        Ok((mdns, instance)) => {
+            info!(instance, farm = %shared.config.farm, "advertising the node over mDNS");
+            Some(mdns)
+        }
+        Err(e) => {
+            warn!(
+                cause = %e,
+                "cannot advertise the node over mDNS; only a scheduler given its address \
+                 with --node, or the one named with --scheduler, will use it"
+            );
+            None
+        }
     }
 }
 
@@ -297,13 +373,7 @@ impl Node {
 async fn stream(shared: Arc<Shared>, conn: quinn::Connection, w: FrameWriter, mut r: FrameReader) {
     match r.recv::<NodeRequest>().await {
         Ok(NodeRequest::Job(req)) => job::serve(shared, conn, w, r, req).await,
-        Ok(NodeRequest::Adopt(adopt)) => {
-            warn!(
-                peer = %conn.remote_address(),
-                farm = %adopt.farm,
-                "a scheduler asked to adopt this node, which this build cannot do yet"
-            );
-        }
+        Ok(NodeRequest::Adopt(adopt)) => control::adopted(shared, conn, w, r, adopt).await,
         Err(e) => debug!(cause = %e, "stream closed before a request arrived"),
     }
 }

@@ -10,11 +10,14 @@
 //! * [`codec`]: length-prefixed framing with a hard size limit, and chunk
 //!   streams for payloads too large for one frame.
 //! * [`version`]: the protocol version and the ALPN string that carries it.
+//! * [`discovery`]: what daemons advertise over mDNS (service types, TXT
+//!   records, farm names) and which of a service's addresses to dial.
 //!
 //! Architecture invariant: this crate does no IO. It has no tokio, no quinn and
 //! no filesystem access, so it can be fuzzed and tested with plain byte slices.
 
 pub mod codec;
+pub mod discovery;
 pub mod ids;
 pub mod message;
 pub mod version;

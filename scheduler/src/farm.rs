@@ -1,5 +1,6 @@
 //! The farm as the scheduler sees it: which nodes are connected, what each
-//! one is running, and where the next job goes.
+//! one is running, how fast and how loaded each one is, who waits for a
+//! slot, and where the next job goes.
 //!
 //! Everything here is plain data and arithmetic. [`Farm`] never reads the
 //! clock, spawns a task or touches a socket: the caller passes the current
@@ -8,40 +9,91 @@
 //!
 //! # Placement
 //!
-//! [`Farm::allocate`] considers only nodes with a free slot (fewer running
-//! assignments than slots), so a node is never given more jobs than it
-//! offered. Among those it picks the first in this order:
+//! [`Farm::allocate`] describes every node to [`placement::choose`] and
+//! applies its choice; `placement.rs` holds the scoring formula and
+//! `docs/PLACEMENT.md` explains it. The farm owns the inputs:
 //!
-//! 1. the lowest load, `running / slots`, so a node with 8 slots and 2 jobs
-//!    (25 %) wins over one with 2 slots and 1 job (50 %);
-//! 2. a node that already holds the job's toolchain unpacked, because any
-//!    other node first has to fetch and unpack a bundle of 100+ MiB;
-//! 3. fewer running jobs in absolute terms;
-//! 4. the node that was assigned a job least recently, so a burst of short
-//!    jobs cycles through equal nodes instead of piling onto the first one;
-//! 5. the lowest node id, so that the choice is fully deterministic.
+//! * "running" counts every assignment that has not finished, including
+//!   those whose client has not reached the node yet. That count, not the
+//!   node's reports, is what keeps a burst of allocations from
+//!   over-committing a node, since reports lag behind assignments.
+//! * The latest load report of each node ([`Farm::node_load`]), ignored once
+//!   it is older than [`FarmConfig::load_max_age`].
+//! * A learned speed per node (see [Speed](#speed)).
 //!
-//! "Running" counts every assignment that has not finished, including those
-//! whose client has not reached the node yet: that is what keeps a burst of
-//! allocations from over-committing a node before the node reports anything.
+//! # Queueing and fairness
+//!
+//! When nodes could take a job but every one of their slots is busy, the
+//! request waits ([`Decision::Queued`]) for at most
+//! [`FarmConfig::queue_timeout`]. Whenever a slot may have freed, the caller
+//! runs [`Farm::dispatch`], which answers waiters: first those whose time is
+//! up (compile locally), then, while slots are free, a grant to the first
+//! waiter of the build with the fewest jobs in flight, ties going to the
+//! build whose first waiter arrived earliest. Giving each freed slot to the
+//! build that holds the fewest is max-min fairness between builds: two builds
+//! that both want more than half of the farm end up with half each,
+//! whichever started first. While anyone waits, new requests queue behind
+//! them instead of taking a slot that a dispatch has not yet handed out.
+//!
+//! # Speed
+//!
+//! Each successful compile on a node that already held its toolchain is a
+//! speed sample: the crate's reference time (an average of its compile times
+//! across the farm) divided by this compile's time. A node's speed is an
+//! average of its samples, so 1.0 means "as fast as the farm usually is for
+//! the same crates" and 2.0 twice as fast. A node starts at 1.0, so a node
+//! never used before competes as an average one and gets tried.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use distcc_rs_proto::message::{
     AllocateRequest, AllocateResponse, Assignment, FarmStatus, FarmTotals, JobOutcome, JobPhase,
-    JobStatus, NodeRegistration, NodeStatus, RegisterRefusal, RunLocallyReason, ToolchainStatus,
+    JobStatus, NodeLoad, NodeRegistration, NodeStatus, RegisterRefusal, RunLocallyReason,
+    ToolchainStatus,
 };
 use distcc_rs_proto::{JobId, NodeId, Ticket, ToolchainId};
+
+use crate::placement::{self, Candidate, Choice, Policy, Standing};
 
 /// How long an assignment may wait for its client to reach the node. A client
 /// that crashed, or gave up and compiled locally, never shows up; without a
 /// deadline its slot would stay taken forever.
 pub const ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long an allocation request may wait for a free slot before its client
+/// is told to compile locally. Short: the client's own machine is idle while
+/// it waits, and most rustc jobs take a few seconds, so a long wait would
+/// cost more than the farm could save.
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How old a load report may be and still count. Nodes report every second;
+/// a node whose reports stopped is judged by its slots alone rather than by
+/// a picture of its machine that may no longer be true.
+pub const LOAD_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// The weight of a new sample in a node's speed. Small enough that one odd
+/// compile (a cold page cache, a neighbour's burst) moves the speed little;
+/// large enough that a node's speed settles within a few dozen jobs.
+const SPEED_WEIGHT: f64 = 0.2;
+
+/// The weight of a new compile time in a crate's reference time.
+const REFERENCE_WEIGHT: f64 = 0.2;
+
+/// Speed samples are clamped to this range, so that a compile that waited
+/// for inputs over a slow link, or a crate whose reference came from a very
+/// different build profile, cannot swing a node's speed by more than this.
+const SAMPLE_RANGE: (f64, f64) = (0.25, 4.0);
+
+/// How many crates' reference times are kept; the least recently used one
+/// is forgotten when a new crate comes. A large workspace with its
+/// dependencies has a few hundred crates.
+pub const MAX_REFERENCES: usize = 4096;
+
 /// Tunables of the placement core.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FarmConfig {
     /// See [`ASSIGNMENT_TIMEOUT`].
     pub assignment_timeout: Duration,
@@ -49,6 +101,16 @@ pub struct FarmConfig {
     /// a restarted scheduler does not reuse the ids of jobs that may still
     /// be running on nodes (whose reports would then free the wrong slot).
     pub first_job: u64,
+    /// See [`QUEUE_TIMEOUT`]. Zero turns queueing off: a request that finds
+    /// every slot busy is told to compile locally at once.
+    pub queue_timeout: Duration,
+    /// The farm's name (`--netname`), as the status reports it. (The
+    /// server refuses nodes of other farms before they reach the farm.)
+    pub farm_name: String,
+    /// See [`LOAD_MAX_AGE`].
+    pub load_max_age: Duration,
+    /// The scoring formula's tunables.
+    pub placement: Policy,
 }
 
 impl Default for FarmConfig {
@@ -56,6 +118,10 @@ impl Default for FarmConfig {
         FarmConfig {
             assignment_timeout: ASSIGNMENT_TIMEOUT,
             first_job: 0,
+            queue_timeout: QUEUE_TIMEOUT,
+            farm_name: String::from("default"),
+            load_max_age: LOAD_MAX_AGE,
+            placement: Policy::default(),
         }
     }
 }
@@ -71,7 +137,37 @@ pub struct Departure {
     pub abandoned: Vec<JobId>,
 }
 
-/// The scheduler's state: nodes, jobs in flight, stored toolchains, counters.
+/// A queued allocation request. Ids grow in arrival order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WaiterId(pub u64);
+
+impl fmt::Display for WaiterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "w{}", self.0)
+    }
+}
+
+/// What [`Farm::allocate`] decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Answer the client with this now.
+    Answer(AllocateResponse),
+    /// The request waits for a slot. A later [`Farm::dispatch`] answers it,
+    /// at the latest the first one at or after `deadline`; until then the
+    /// caller may [`Farm::cancel`] it (the client went away) or
+    /// [`Farm::time_out`] it (its own timer fired).
+    Queued { waiter: WaiterId, deadline: Instant },
+}
+
+/// An answer for a waiting request, from [`Farm::dispatch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub waiter: WaiterId,
+    pub response: AllocateResponse,
+}
+
+/// The scheduler's state: nodes, jobs in flight, waiting requests, stored
+/// toolchains, learned speeds, counters.
 #[derive(Debug)]
 pub struct Farm {
     config: FarmConfig,
@@ -88,6 +184,24 @@ pub struct Farm {
     /// `now`).
     assignments_made: u64,
     totals: FarmTotals,
+    /// Requests waiting for a slot, in arrival order.
+    waiters: BTreeMap<WaiterId, Waiter>,
+    /// The same waiters, per build, in arrival order.
+    queues: BTreeMap<String, VecDeque<WaiterId>>,
+    /// The same waiters by deadline, so that expiry looks only at those
+    /// whose time is up.
+    deadlines: BTreeSet<(Instant, WaiterId)>,
+    /// Jobs in flight per build; builds with none are not listed.
+    builds: BTreeMap<String, u32>,
+    last_waiter: u64,
+    /// Set when a node left or ran short of memory or disk, which may leave
+    /// some waiters with no node that could ever take them; the next
+    /// dispatch answers those at once rather than at their deadline.
+    recheck_waiters: bool,
+    /// Reference compile times per crate name.
+    references: BTreeMap<String, Reference>,
+    /// Counts uses of reference times, to find the least recently used.
+    references_used: u64,
 }
 
 #[derive(Debug)]
@@ -106,6 +220,10 @@ struct Node {
     /// The value of `Farm::assignments_made` when this node was last given a
     /// job; 0 if never.
     last_assigned: u64,
+    /// Learned speed relative to the farm; 1.0 until known.
+    speed: f64,
+    /// The latest load report and when it arrived.
+    load: Option<(NodeLoad, Instant)>,
 }
 
 impl Node {
@@ -125,8 +243,46 @@ struct InFlight {
     node: NodeId,
     crate_name: String,
     client: String,
+    build: String,
     phase: JobPhase,
     assigned_at: Instant,
+    /// Whether the node held the toolchain when the job was placed. Only
+    /// such jobs teach speed: the others include fetching and unpacking a
+    /// bundle, which says nothing about how fast the node compiles.
+    warm: bool,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    request: AllocateRequest,
+    exclude: Exclusions,
+    deadline: Instant,
+}
+
+/// A crate's reference compile time.
+#[derive(Debug)]
+struct Reference {
+    wall_ms: f64,
+    /// The value of `Farm::references_used` at its last use.
+    used: u64,
+}
+
+/// The nodes a request excludes, sorted for lookups by binary search, so
+/// that a request naming many nodes cannot make every placement slow.
+#[derive(Debug, Clone, Default)]
+struct Exclusions(Vec<NodeId>);
+
+impl Exclusions {
+    fn new(nodes: &[NodeId]) -> Self {
+        let mut nodes = nodes.to_vec();
+        nodes.sort_unstable();
+        nodes.dedup();
+        Exclusions(nodes)
+    }
+
+    fn contains(&self, node: NodeId) -> bool {
+        self.0.binary_search(&node).is_ok()
+    }
 }
 
 impl Default for Farm {
@@ -144,6 +300,14 @@ impl Farm {
             last_job: config.first_job,
             assignments_made: 0,
             totals: FarmTotals::default(),
+            waiters: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            builds: BTreeMap::new(),
+            last_waiter: 0,
+            recheck_waiters: false,
+            references: BTreeMap::new(),
+            references_used: 0,
             config,
         }
     }
@@ -185,24 +349,44 @@ impl Farm {
                 connected_since: now,
                 ticket_key,
                 last_assigned: 0,
+                speed: 1.0,
+                load: None,
             },
         );
         Ok(addr)
     }
 
-    /// Removes a node that left. Its jobs in flight are abandoned. Returns
-    /// `None` if no such node is registered.
+    /// Removes a node that left. Its jobs in flight are abandoned, and no
+    /// job is placed on it any more. Returns `None` if no such node is
+    /// registered.
     pub fn remove_node(&mut self, now: Instant, node: NodeId) -> Option<Departure> {
         let removed = self.nodes.remove(&node)?;
         for job in &removed.jobs {
-            self.jobs.remove(job);
+            if let Some(flight) = self.jobs.remove(job) {
+                self.build_job_ended(&flight.build);
+            }
         }
         self.totals.abandoned += removed.jobs.len() as u64;
+        self.recheck_waiters = true;
         Some(Departure {
             name: removed.name,
             connected_for: now.saturating_duration_since(removed.connected_since),
             abandoned: removed.jobs.into_iter().collect(),
         })
+    }
+
+    /// Records a node's load report. Returns false if the node is unknown.
+    pub fn node_load(&mut self, node: NodeId, load: NodeLoad, now: Instant) -> bool {
+        let policy = &self.config.placement;
+        let Some(n) = self.nodes.get_mut(&node) else {
+            return false;
+        };
+        let was_healthy = placement::healthy(policy, n.load.as_ref().map(|(l, _)| l));
+        n.load = Some((load, now));
+        if was_healthy && !placement::healthy(policy, Some(&load)) {
+            self.recheck_waiters = true;
+        }
+        true
     }
 
     /// Records that the scheduler's store now holds a toolchain.
@@ -215,30 +399,234 @@ impl Farm {
         self.toolchains.contains_key(&id)
     }
 
-    /// Decides where a job runs. See the module documentation for the order
-    /// in which nodes are preferred.
-    pub fn allocate(&mut self, now: Instant, request: &AllocateRequest) -> AllocateResponse {
+    /// How many requests wait for a slot.
+    pub fn waiting(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// Decides where a job runs, or that it waits for a slot. See the module
+    /// documentation.
+    pub fn allocate(&mut self, now: Instant, request: &AllocateRequest) -> Decision {
         // No point asking for a 150 MiB upload when no node could use it.
         if self.nodes.is_empty() {
             self.totals.run_locally += 1;
-            return AllocateResponse::RunLocally(RunLocallyReason::NoNodes);
+            return Decision::Answer(AllocateResponse::RunLocally(RunLocallyReason::NoNodes));
         }
         if !self.has_toolchain(request.toolchain) {
-            return AllocateResponse::NeedToolchain;
+            return Decision::Answer(AllocateResponse::NeedToolchain);
         }
-        let chosen = self
-            .nodes
-            .iter()
-            .filter(|(_, node)| node.has_free_slot())
-            .min_by(|(_, a), (_, b)| placement_order(a, b, request.toolchain))
-            .map(|(id, _)| *id);
-        match chosen {
-            Some(node) => AllocateResponse::Assigned(self.assign(now, node, request)),
-            None => {
+        let exclude = Exclusions::new(&request.exclude);
+        let choice = placement::choose(
+            &self.config.placement,
+            self.nodes
+                .iter()
+                .map(|(id, n)| self.candidate(*id, n, request.toolchain, &exclude, now)),
+        );
+        match choice {
+            Choice::NoneEligible => {
                 self.totals.run_locally += 1;
-                AllocateResponse::RunLocally(RunLocallyReason::NoFreeSlot)
+                Decision::Answer(AllocateResponse::RunLocally(
+                    RunLocallyReason::NoEligibleNode,
+                ))
+            }
+            // Nobody waits, so nobody has a better claim to the slot.
+            Choice::Place(node) if self.waiters.is_empty() => {
+                Decision::Answer(AllocateResponse::Assigned(self.assign(now, node, request)))
+            }
+            Choice::Place(_) | Choice::AllBusy => {
+                if self.config.queue_timeout.is_zero() {
+                    self.totals.run_locally += 1;
+                    return Decision::Answer(AllocateResponse::RunLocally(
+                        RunLocallyReason::NoFreeSlot,
+                    ));
+                }
+                self.last_waiter += 1;
+                let waiter = WaiterId(self.last_waiter);
+                let deadline = now + self.config.queue_timeout;
+                self.queues
+                    .entry(request.build.clone())
+                    .or_default()
+                    .push_back(waiter);
+                self.deadlines.insert((deadline, waiter));
+                self.waiters.insert(
+                    waiter,
+                    Waiter {
+                        request: request.clone(),
+                        exclude,
+                        deadline,
+                    },
+                );
+                self.totals.queued += 1;
+                Decision::Queued { waiter, deadline }
             }
         }
+    }
+
+    /// Answers the waiting requests that can be answered now: those whose
+    /// deadline has passed (compile locally), those no node can take any
+    /// more (all nodes gone, excluded, or short of memory or disk), and, in
+    /// fair order, as many as there are free slots. Call it whenever a slot
+    /// may have freed or time has passed; it changes nothing when nobody
+    /// waits.
+    pub fn dispatch(&mut self, now: Instant) -> Vec<Reply> {
+        let mut replies = Vec::new();
+        if self.waiters.is_empty() {
+            self.recheck_waiters = false;
+            return replies;
+        }
+
+        while let Some(&(deadline, waiter)) = self.deadlines.first()
+            && deadline <= now
+        {
+            self.unqueue(waiter);
+            self.totals.run_locally += 1;
+            replies.push(Reply {
+                waiter,
+                response: AllocateResponse::RunLocally(RunLocallyReason::NoFreeSlot),
+            });
+        }
+
+        if std::mem::take(&mut self.recheck_waiters) {
+            self.answer_hopeless(now, &mut replies);
+        }
+
+        // Nodes with a free slot that are not short of memory or disk; only
+        // these can take a waiter, whatever its exclusions.
+        let mut open: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.has_free_slot()
+                    && placement::healthy(&self.config.placement, self.fresh_load(n, now))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        while !open.is_empty() && !self.waiters.is_empty() {
+            let Some((waiter, node)) = self.next_grant(now, &open) else {
+                break;
+            };
+            let Some(w) = self.unqueue(waiter) else {
+                break;
+            };
+            let assignment = self.assign(now, node, &w.request);
+            if !self.nodes[&node].has_free_slot() {
+                open.retain(|n| *n != node);
+            }
+            replies.push(Reply {
+                waiter,
+                response: AllocateResponse::Assigned(assignment),
+            });
+        }
+        replies
+    }
+
+    /// The fairest waiter that one of the `open` nodes can take, and the
+    /// node. Builds are visited by jobs in flight (fewest first), then by the
+    /// arrival of their first waiter; within a build, waiters by arrival.
+    fn next_grant(&self, now: Instant, open: &[NodeId]) -> Option<(WaiterId, NodeId)> {
+        let mut order: Vec<(u32, WaiterId, &VecDeque<WaiterId>)> = self
+            .queues
+            .iter()
+            .filter_map(|(build, queue)| {
+                let first = *queue.front()?;
+                Some((self.builds.get(build).copied().unwrap_or(0), first, queue))
+            })
+            .collect();
+        order.sort_unstable_by_key(|(in_flight, first, _)| (*in_flight, *first));
+        for (_, _, queue) in order {
+            for waiter in queue {
+                let w = &self.waiters[waiter];
+                let candidates = open.iter().filter_map(|id| {
+                    let n = self.nodes.get(id)?;
+                    Some(self.candidate(*id, n, w.request.toolchain, &w.exclude, now))
+                });
+                if let Choice::Place(node) = placement::choose(&self.config.placement, candidates) {
+                    return Some((*waiter, node));
+                }
+            }
+        }
+        None
+    }
+
+    /// Answers the waiters no node can take: every node gone, or every node
+    /// excluded or short of memory or disk.
+    fn answer_hopeless(&mut self, now: Instant, replies: &mut Vec<Reply>) {
+        let hopeless: Vec<(WaiterId, RunLocallyReason)> = self
+            .waiters
+            .iter()
+            .filter_map(|(id, w)| {
+                if self.nodes.is_empty() {
+                    return Some((*id, RunLocallyReason::NoNodes));
+                }
+                let takes = |(node, n): (&NodeId, &Node)| {
+                    let c = self.candidate(*node, n, w.request.toolchain, &w.exclude, now);
+                    placement::assess(&self.config.placement, &c) != Standing::Ineligible
+                };
+                (!self.nodes.iter().any(takes)).then_some((*id, RunLocallyReason::NoEligibleNode))
+            })
+            .collect();
+        for (waiter, reason) in hopeless {
+            self.unqueue(waiter);
+            self.totals.run_locally += 1;
+            replies.push(Reply {
+                waiter,
+                response: AllocateResponse::RunLocally(reason),
+            });
+        }
+    }
+
+    /// Withdraws a waiting request whose client went away. Returns false if
+    /// it no longer waits (it was answered, or never existed).
+    pub fn cancel(&mut self, waiter: WaiterId) -> bool {
+        self.unqueue(waiter).is_some()
+    }
+
+    /// Answers a waiting request whose deadline has passed by the caller's
+    /// own timer, as [`Farm::dispatch`] would. Returns `None` if it no longer
+    /// waits, in which case it has been answered already.
+    pub fn time_out(&mut self, waiter: WaiterId) -> Option<AllocateResponse> {
+        self.unqueue(waiter)?;
+        self.totals.run_locally += 1;
+        Some(AllocateResponse::RunLocally(RunLocallyReason::NoFreeSlot))
+    }
+
+    fn unqueue(&mut self, waiter: WaiterId) -> Option<Waiter> {
+        let w = self.waiters.remove(&waiter)?;
+        self.deadlines.remove(&(w.deadline, waiter));
+        if let Some(queue) = self.queues.get_mut(&w.request.build) {
+            queue.retain(|id| *id != waiter);
+            if queue.is_empty() {
+                self.queues.remove(&w.request.build);
+            }
+        }
+        Some(w)
+    }
+
+    /// A node as placement sees it for one request.
+    fn candidate(
+        &self,
+        id: NodeId,
+        n: &Node,
+        toolchain: ToolchainId,
+        exclude: &Exclusions,
+        now: Instant,
+    ) -> Candidate {
+        Candidate {
+            node: id,
+            slots: n.slots,
+            running: n.running(),
+            load: self.fresh_load(n, now).copied(),
+            speed: n.speed,
+            holds_toolchain: n.toolchains.contains(&toolchain),
+            last_assigned: n.last_assigned,
+            excluded: exclude.contains(id),
+        }
+    }
+
+    /// The node's latest load report, unless it is too old to trust.
+    fn fresh_load<'n>(&self, n: &'n Node, now: Instant) -> Option<&'n NodeLoad> {
+        let (load, at) = n.load.as_ref()?;
+        (now.saturating_duration_since(*at) <= self.config.load_max_age).then_some(load)
     }
 
     /// Records an assignment of a job to `node`, which must exist and have a
@@ -255,18 +643,8 @@ impl Farm {
         node.jobs.insert(job);
         node.last_assigned = self.assignments_made;
         let mac = sign(&node.ticket_key, job, node_id, request.toolchain);
-        self.jobs.insert(
-            job,
-            InFlight {
-                node: node_id,
-                crate_name: request.crate_name.clone(),
-                client: request.client.clone(),
-                phase: JobPhase::Assigned,
-                assigned_at: now,
-            },
-        );
-        self.totals.assigned += 1;
-        Assignment {
+        let warm = node.toolchains.contains(&request.toolchain);
+        let assignment = Assignment {
             job,
             node: node_id,
             node_name: node.name.clone(),
@@ -277,6 +655,40 @@ impl Farm {
                 toolchain: request.toolchain,
                 mac,
             },
+        };
+        self.jobs.insert(
+            job,
+            InFlight {
+                node: node_id,
+                crate_name: request.crate_name.clone(),
+                client: request.client.clone(),
+                build: request.build.clone(),
+                phase: JobPhase::Assigned,
+                assigned_at: now,
+                warm,
+            },
+        );
+        *self.builds.entry(request.build.clone()).or_insert(0) += 1;
+        self.totals.assigned += 1;
+        assignment
+    }
+
+    /// Removes a job from the job table, its node and its build's count.
+    fn forget_job(&mut self, job: JobId) -> Option<InFlight> {
+        let flight = self.jobs.remove(&job)?;
+        if let Some(node) = self.nodes.get_mut(&flight.node) {
+            node.jobs.remove(&job);
+        }
+        self.build_job_ended(&flight.build);
+        Some(flight)
+    }
+
+    fn build_job_ended(&mut self, build: &str) {
+        if let Some(count) = self.builds.get_mut(build) {
+            *count -= 1;
+            if *count == 0 {
+                self.builds.remove(build);
+            }
         }
     }
 
@@ -293,19 +705,30 @@ impl Farm {
         }
     }
 
-    /// The job ended and its slot is free. Returns false (and changes
-    /// nothing) if the job is not in flight on that node.
-    pub fn job_finished(&mut self, node: NodeId, job: JobId, outcome: &JobOutcome) -> bool {
-        match self.jobs.get(&job) {
-            Some(flight) if flight.node == node => self.jobs.remove(&job),
-            _ => return false,
+    /// The job ended after `wall_ms` milliseconds on the node, and its slot
+    /// is free. Returns false (and changes nothing) if the job is not in
+    /// flight on that node.
+    pub fn job_finished(
+        &mut self,
+        node: NodeId,
+        job: JobId,
+        outcome: &JobOutcome,
+        wall_ms: u64,
+    ) -> bool {
+        if self.jobs.get(&job).is_none_or(|f| f.node != node) {
+            return false;
+        }
+        let Some(flight) = self.forget_job(job) else {
+            return false;
         };
+        if *outcome == (JobOutcome::Compiled { exit_code: 0 }) && flight.warm {
+            self.learn_speed(node, &flight.crate_name, wall_ms);
+        }
         let Some(n) = self.nodes.get_mut(&node) else {
             // Unreachable while jobs and nodes are kept in step, and harmless
             // if not: the job is gone either way.
             return true;
         };
-        n.jobs.remove(&job);
         match outcome {
             JobOutcome::Compiled { exit_code: 0 } => {
                 n.jobs_done += 1;
@@ -323,6 +746,44 @@ impl Farm {
         true
     }
 
+    /// Updates the node's speed with one successful compile, and the crate's
+    /// reference time. The first compile of a crate only sets its reference:
+    /// there is nothing to compare it with yet.
+    fn learn_speed(&mut self, node: NodeId, crate_name: &str, wall_ms: u64) {
+        if wall_ms == 0 {
+            return;
+        }
+        let wall = wall_ms as f64;
+        self.references_used += 1;
+        let used = self.references_used;
+        if let Some(reference) = self.references.get_mut(crate_name) {
+            let sample = (reference.wall_ms / wall).clamp(SAMPLE_RANGE.0, SAMPLE_RANGE.1);
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.speed += SPEED_WEIGHT * (sample - n.speed);
+            }
+            reference.wall_ms += REFERENCE_WEIGHT * (wall - reference.wall_ms);
+            reference.used = used;
+            return;
+        }
+        if self.references.len() >= MAX_REFERENCES {
+            let oldest = self
+                .references
+                .iter()
+                .min_by_key(|(_, r)| r.used)
+                .map(|(name, _)| name.clone());
+            if let Some(oldest) = oldest {
+                self.references.remove(&oldest);
+            }
+        }
+        self.references.insert(
+            crate_name.to_owned(),
+            Reference {
+                wall_ms: wall,
+                used,
+            },
+        );
+    }
+
     /// The node now holds a toolchain unpacked. Returns false if the node is
     /// unknown.
     pub fn toolchain_ready(&mut self, node: NodeId, id: ToolchainId) -> bool {
@@ -335,10 +796,6 @@ impl Farm {
         }
     }
 
-    /// Abandons assignments whose client has not reached the node within the
-    /// assignment timeout, freeing their slots. Jobs a node has started are
-    /// never expired: they end when the node reports them or leaves.
-    /// Returns the abandoned jobs.
     /// Takes back an assignment whose client will not use it. Only a job
     /// still waiting for its client can be released: once the node has
     /// started it, the node's report frees the slot. Returns whether the job
@@ -351,15 +808,15 @@ impl Farm {
         {
             return false;
         }
-        if let Some(flight) = self.jobs.remove(&job)
-            && let Some(node) = self.nodes.get_mut(&flight.node)
-        {
-            node.jobs.remove(&job);
-        }
+        self.forget_job(job);
         self.totals.abandoned += 1;
         true
     }
 
+    /// Abandons assignments whose client has not reached the node within the
+    /// assignment timeout, freeing their slots. Jobs a node has started are
+    /// never expired: they end when the node reports them or leaves.
+    /// Returns the abandoned jobs.
     pub fn expire(&mut self, now: Instant) -> Vec<JobId> {
         let timeout = self.config.assignment_timeout;
         let stale: Vec<JobId> = self
@@ -372,11 +829,7 @@ impl Farm {
             .map(|(job, _)| *job)
             .collect();
         for job in &stale {
-            if let Some(flight) = self.jobs.remove(job)
-                && let Some(node) = self.nodes.get_mut(&flight.node)
-            {
-                node.jobs.remove(job);
-            }
+            self.forget_job(*job);
         }
         self.totals.abandoned += stale.len() as u64;
         stale
@@ -399,8 +852,8 @@ impl Farm {
                     jobs_failed: n.jobs_failed,
                     toolchains: n.toolchains.iter().copied().collect(),
                     connected_ms: ms(n.connected_since),
-                    load: None,
-                    speed: 1.0,
+                    load: n.load.map(|(load, _)| load),
+                    speed: n.speed,
                 })
                 .collect(),
             jobs: self
@@ -424,25 +877,10 @@ impl Farm {
                 })
                 .collect(),
             totals: self.totals,
-            waiting: 0,
-            farm: String::from("default"),
+            waiting: u32::try_from(self.waiters.len()).unwrap_or(u32::MAX),
+            farm: self.config.farm_name.clone(),
         }
     }
-}
-
-/// Orders two candidate nodes for a job needing `toolchain`; the smaller one
-/// is preferred. See the module documentation.
-fn placement_order(a: &Node, b: &Node, toolchain: ToolchainId) -> std::cmp::Ordering {
-    // running/slots compared without division: a.r/a.s < b.r/b.s exactly
-    // when a.r*b.s < b.r*a.s (slots are never 0).
-    let load_a = u64::from(a.running()) * u64::from(b.slots);
-    let load_b = u64::from(b.running()) * u64::from(a.slots);
-    let holds = |n: &Node| n.toolchains.contains(&toolchain);
-    load_a
-        .cmp(&load_b)
-        .then_with(|| holds(b).cmp(&holds(a)))
-        .then_with(|| a.running().cmp(&b.running()))
-        .then_with(|| a.last_assigned.cmp(&b.last_assigned))
 }
 
 /// The MAC a node checks a ticket against: a BLAKE3 keyed hash of the

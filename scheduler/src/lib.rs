@@ -3,24 +3,33 @@
 //!
 //! # Layout
 //!
-//! * [`farm`]: the pure core. Nodes, jobs in flight, placement, expiry and
-//!   counters, as a plain struct whose methods take the current time as an
-//!   argument. No IO, no clock, no tasks.
+//! * [`farm`]: the pure core. Nodes, jobs in flight, waiting requests,
+//!   learned speeds, expiry and counters, as a plain struct whose methods
+//!   take the current time as an argument. No IO, no clock, no tasks.
+//! * [`placement`]: the scoring formula that picks a node for a job, a pure
+//!   function of plain data.
 //! * [`store`]: toolchain bundles on disk, verified against their content
 //!   hash before they get their final name.
 //! * [`server`]: the QUIC edge. Accepts connections, reads one request per
 //!   stream, and turns it into calls on the farm and the store.
+//! * [`discovery`]: finding nodes (mDNS, `--node`) and adopting them, and
+//!   advertising the scheduler for clients.
 //!
 //! The binary (`main.rs`) parses flags, sets up logging, binds the endpoint
 //! and calls [`server::run`].
 
+pub mod discovery;
 pub mod farm;
+pub mod placement;
 pub mod server;
 pub mod store;
 
 #[cfg(test)]
 mod fixture;
 
-pub use farm::{ASSIGNMENT_TIMEOUT, Departure, Farm, FarmConfig};
+pub use discovery::DiscoveryConfig;
+pub use farm::{
+    ASSIGNMENT_TIMEOUT, Decision, Departure, Farm, FarmConfig, QUEUE_TIMEOUT, Reply, WaiterId,
+};
 pub use server::{SchedulerConfig, SchedulerError, run};
 pub use store::{DEFAULT_MAX_BUNDLE_SIZE, StoreError, StoredBundle, ToolchainStore, Upload};

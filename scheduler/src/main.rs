@@ -7,11 +7,13 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use distcc_rs_net::{EndpointOptions, Identity, PeerAuth, bind_server};
-use distcc_rs_scheduler::{DEFAULT_MAX_BUNDLE_SIZE, SchedulerConfig};
+use distcc_rs_proto::discovery::{DEFAULT_FARM, FarmNameError, validate_farm_name};
+use distcc_rs_scheduler::{DEFAULT_MAX_BUNDLE_SIZE, DiscoveryConfig, SchedulerConfig};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
@@ -21,10 +23,13 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/distcc-rs/scheduler";
 /// The distcc-rs scheduler: tracks the nodes of a compile farm, decides where
 /// each compile runs, and stores the toolchain bundles nodes need.
 ///
-/// Nodes register with it and keep a control connection open; clients (the
-/// `distcc-rs` rustc wrapper) ask it where to send each compile and upload
-/// their toolchain once. Logs go to stderr; the only line on stdout is
-/// `distcc-rs-scheduler listening on ADDR`, printed once the endpoint is bound.
+/// It finds the nodes of its farm over mDNS (or takes them from --node) and
+/// adopts them, or nodes dial it themselves with their --scheduler; either
+/// way each node keeps a control connection open. Clients (the `distcc-rs`
+/// rustc wrapper) find it over mDNS too, ask it where to send each compile
+/// and upload their toolchain once. Logs go to stderr; the only line on
+/// stdout is `distcc-rs-scheduler listening on ADDR`, printed once the
+/// endpoint is bound.
 #[derive(Debug, Parser)]
 #[command(name = "distcc-rs-scheduler", version)]
 struct Args {
@@ -32,6 +37,33 @@ struct Args {
     /// alike. Port 0 picks a free port (see the "listening on" line).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7700")]
     listen: SocketAddr,
+
+    /// The farm this scheduler runs. Only nodes and clients of the same farm
+    /// find it over mDNS or are accepted, so several farms can share a
+    /// network. Letters, digits, '-', '_' and '.'.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "DISTCC_RS_NETNAME",
+        default_value = DEFAULT_FARM,
+        value_parser = parse_farm_name
+    )]
+    netname: String,
+
+    /// A node to adopt by address, for networks where mDNS does not reach
+    /// (repeat for each node). The scheduler dials it, and dials it again
+    /// whenever its session ends. Nodes may instead dial the scheduler with
+    /// their own --scheduler.
+    #[arg(long = "node", value_name = "HOST:PORT")]
+    nodes: Vec<String>,
+
+    /// Neither advertise the scheduler nor look for nodes over mDNS
+    /// (multicast DNS, on the listen address's interface, or on every
+    /// interface when listening on 0.0.0.0 or [::]). Nodes then
+    /// join only through --node or their own --scheduler, and clients need
+    /// DISTCC_RS_SCHEDULER.
+    #[arg(long)]
+    no_mdns: bool,
 
     /// Where the scheduler keeps toolchain bundles (in its `toolchains`
     /// subdirectory). Created if missing. Defaults to $STATE_DIRECTORY (as set
@@ -49,6 +81,12 @@ struct Args {
     /// A real bundle is about 150 MB.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BUNDLE_SIZE)]
     max_bundle_size: u64,
+
+    /// How long an allocation request may wait for a free slot when every
+    /// node is busy, in seconds (fractions allowed), before its client is
+    /// told to compile locally. 0 answers at once.
+    #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = parse_seconds)]
+    queue_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,7 +145,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 
     let mut config = SchedulerConfig::new(state_dir);
     config.max_bundle_size = args.max_bundle_size;
+    config.farm.queue_timeout = args.queue_timeout;
     config.protocol_version = options.protocol_version;
+    config.farm.farm_name = args.netname;
+    config.discovery = DiscoveryConfig {
+        mdns: !args.no_mdns,
+        static_nodes: args.nodes,
+        name: host_name(),
+    };
 
     // Connections that arrive before `run` starts accepting wait in the
     // endpoint's queue, so announcing the address first loses nothing.
@@ -122,6 +167,27 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .context("the scheduler failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Parses a non-negative number of seconds, such as `2` or `0.5`.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a number of seconds: {e}"))?;
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?} is not a duration: {e}"))
+}
+
+fn parse_farm_name(name: &str) -> Result<String, FarmNameError> {
+    validate_farm_name(name).map(|()| name.to_owned())
+}
+
+/// This machine's name, for adverts and nodes' logs.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "scheduler".to_owned())
 }
 
 /// The flag, else the first directory in `$STATE_DIRECTORY` (systemd joins

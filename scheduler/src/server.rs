@@ -15,9 +15,19 @@
 //!
 //! No stream error ends the server: each is logged with the peer and the
 //! request it concerned, and the other streams carry on.
+//!
+//! An allocation that finds every slot busy waits in the farm's queue. Its
+//! task registers a oneshot sender next to the farm, under the same lock, and
+//! every release of that lock ([`FarmGuard`]'s drop) dispatches: whatever a
+//! task changed, a slot that freed goes to the fairest waiter at once, and no
+//! grant can be made before its sender is in place. The waiting task holds
+//! no lock; it wakes on the grant, on its own deadline, or when its client's
+//! connection closes.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -25,14 +35,16 @@ use std::time::{Duration, Instant};
 use distcc_rs_net::{FrameReader, FrameWriter, NetError, accept_stream, endpoint, payload};
 use distcc_rs_proto::message::{
     AllocateRequest, AllocateResponse, BundleError, FetchResponse, NodeEvent, NodeRegistration,
-    RegisterResponse, SchedulerRequest, UploadResponse,
+    RegisterRefusal, RegisterResponse, RunLocallyReason, SchedulerRequest, UploadResponse,
 };
 use distcc_rs_proto::{JobId, NodeId, PROTOCOL_VERSION, ToolchainId};
 use quinn::{Connection, ConnectionError, ReadError};
+use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinSet};
 use tracing::{Instrument, debug, error, info, info_span, trace, warn};
 
-use crate::farm::{Farm, FarmConfig};
+use crate::discovery::{Discovery, DiscoveryConfig};
+use crate::farm::{Decision, Farm, FarmConfig, WaiterId};
 use crate::store::{DEFAULT_MAX_BUNDLE_SIZE, StoreError, StoredBundle, ToolchainStore};
 
 /// How often unclaimed assignments are expired even when no request comes
@@ -55,6 +67,9 @@ pub struct SchedulerConfig {
     /// The protocol version the endpoint was bound with, used to name a
     /// version mismatch when an incoming handshake fails.
     pub protocol_version: u32,
+    /// mDNS and the nodes to adopt (see [`crate::discovery`]). The farm's
+    /// name is `farm.farm_name`.
+    pub discovery: DiscoveryConfig,
 }
 
 impl SchedulerConfig {
@@ -65,6 +80,7 @@ impl SchedulerConfig {
             max_bundle_size: DEFAULT_MAX_BUNDLE_SIZE,
             farm: FarmConfig::default(),
             protocol_version: PROTOCOL_VERSION,
+            discovery: DiscoveryConfig::default(),
         }
     }
 }
@@ -80,7 +96,7 @@ pub enum SchedulerError {
 /// Why serving one request failed. Only logged: the peer learns of it as a
 /// broken stream.
 #[derive(Debug, thiserror::Error)]
-enum RequestError {
+pub(crate) enum RequestError {
     #[error(transparent)]
     Net(#[from] NetError),
     #[error("no randomness for a ticket key: {0}")]
@@ -88,18 +104,92 @@ enum RequestError {
 }
 
 /// State shared by all tasks.
-struct Shared {
-    farm: Mutex<Farm>,
+pub(crate) struct Shared {
+    farm: Mutex<Booking>,
     store: ToolchainStore,
-    protocol_version: u32,
+    pub(crate) protocol_version: u32,
+    /// The farm's name: registrations of nodes of another farm are refused,
+    /// and discovery adopts and advertises for this farm only.
+    pub(crate) farm_name: String,
 }
 
 impl Shared {
-    fn farm(&self) -> MutexGuard<'_, Farm> {
+    /// Locks the farm. Releasing the lock dispatches grants to waiting
+    /// allocations (see [`FarmGuard`]).
+    fn farm(&self) -> FarmGuard<'_> {
         // Farm methods keep their invariants at every point where they could
         // panic (they only panic on broken invariants anyway), so the state
         // behind a poisoned lock is still the best state there is.
-        self.farm.lock().unwrap_or_else(PoisonError::into_inner)
+        FarmGuard(self.farm.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// The farm, and the channels on which waiting allocations expect their
+/// answers. One lock covers both, so a waiter is never granted before its
+/// channel is registered.
+struct Booking {
+    farm: Farm,
+    waiting: HashMap<WaiterId, oneshot::Sender<AllocateResponse>>,
+}
+
+impl Booking {
+    fn new(farm: Farm) -> Self {
+        Booking {
+            farm,
+            waiting: HashMap::new(),
+        }
+    }
+}
+
+/// The locked farm. Dropping it first answers every waiter the farm can
+/// answer now, so each change that frees a slot (a job finished, released or
+/// expired, a node joined or reported) hands the slot out before anyone else
+/// can see it free.
+struct FarmGuard<'a>(MutexGuard<'a, Booking>);
+
+impl FarmGuard<'_> {
+    /// Registers the channel a queued allocation waits on.
+    fn wait(&mut self, waiter: WaiterId, answer: oneshot::Sender<AllocateResponse>) {
+        self.0.waiting.insert(waiter, answer);
+    }
+}
+
+impl Deref for FarmGuard<'_> {
+    type Target = Farm;
+
+    fn deref(&self) -> &Farm {
+        &self.0.farm
+    }
+}
+
+impl DerefMut for FarmGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Farm {
+        &mut self.0.farm
+    }
+}
+
+impl Drop for FarmGuard<'_> {
+    fn drop(&mut self) {
+        let booking = &mut *self.0;
+        // Releasing a grant nobody can take frees its slot again, which may
+        // serve another waiter; hence the loop.
+        loop {
+            let replies = booking.farm.dispatch(Instant::now());
+            if replies.is_empty() {
+                break;
+            }
+            for reply in replies {
+                let delivered = match booking.waiting.remove(&reply.waiter) {
+                    Some(answer) => answer.send(reply.response),
+                    None => Err(reply.response),
+                };
+                // The waiting task is gone (aborted at shutdown, or it never
+                // registered): a grant must not hold a slot for nobody.
+                if let Err(AllocateResponse::Assigned(a)) = delivered {
+                    booking.farm.release(a.job);
+                }
+            }
+        }
     }
 }
 
@@ -132,13 +222,15 @@ pub async fn run(
         "toolchain store opened"
     );
     let shared = Arc::new(Shared {
-        farm: Mutex::new(farm),
+        farm: Mutex::new(Booking::new(farm)),
         store,
         protocol_version: config.protocol_version,
+        farm_name: config.farm.farm_name.clone(),
     });
 
     let mut tasks = JoinSet::new();
     tasks.spawn(expire_periodically(shared.clone()));
+    let discovery = Discovery::start(shared.clone(), endpoint.clone(), config.discovery.clone());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -155,6 +247,9 @@ pub async fn run(
     }
 
     info!("shutting down");
+    // First, so that the mDNS goodbye goes out while the endpoint still
+    // works, and adopted nodes leave like the others.
+    discovery.stop().await;
     endpoint.close(0u32.into(), b"scheduler shutting down");
     // Aborting the connection tasks drops their node guards, which take the
     // nodes out of the farm and log their departure.
@@ -206,6 +301,13 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
         }
     };
     debug!("connection established");
+    serve_connection(shared, conn).await;
+}
+
+/// Serves the streams a peer opens on a connection until it closes, on
+/// connections the peer dialled and on those the scheduler dialled to adopt
+/// a node alike.
+pub(crate) async fn serve_connection(shared: Arc<Shared>, conn: Connection) {
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
@@ -240,9 +342,13 @@ async fn stream(shared: Arc<Shared>, conn: Connection, w: FrameWriter, mut r: Fr
     let (what, result) = match request {
         SchedulerRequest::RegisterNode(registration) => (
             "node registration",
-            node_control(&shared, peer, registration, w, r).await,
+            node_control(&shared, peer, registration, w, r)
+                .await
+                .map(|_| ()),
         ),
-        SchedulerRequest::Allocate(request) => ("allocation", allocate(&shared, request, w).await),
+        SchedulerRequest::Allocate(request) => {
+            ("allocation", allocate(&shared, &conn, request, w).await)
+        }
         SchedulerRequest::UploadToolchain {
             id,
             compressed_size,
@@ -264,28 +370,45 @@ async fn stream(shared: Arc<Shared>, conn: Connection, w: FrameWriter, mut r: Fr
     }
 }
 
-/// Registers a node, then follows its control stream until it ends.
-async fn node_control(
+/// How a node's control stream ended.
+#[derive(Debug)]
+pub(crate) enum ControlEnd {
+    /// The registration was refused, and the node was told why.
+    Refused(RegisterRefusal),
+    /// The node was a member and has left.
+    Left,
+}
+
+/// Registers a node, then follows its control stream until it ends. The
+/// node may have dialled the scheduler or been dialled by it.
+pub(crate) async fn node_control(
     shared: &Arc<Shared>,
     peer: SocketAddr,
     registration: NodeRegistration,
     mut w: FrameWriter,
     mut r: FrameReader,
-) -> Result<(), RequestError> {
+) -> Result<ControlEnd, RequestError> {
     let mut ticket_key = [0u8; 32];
     getrandom::fill(&mut ticket_key).map_err(RequestError::Entropy)?;
     let node = registration.node;
     let name = registration.name.clone();
-    let registered = shared
-        .farm()
-        .register_node(Instant::now(), &registration, peer, ticket_key);
+    let registered = if registration.farm != shared.farm_name {
+        Err(RegisterRefusal::WrongFarm {
+            node: registration.farm.clone(),
+            scheduler: shared.farm_name.clone(),
+        })
+    } else {
+        shared
+            .farm()
+            .register_node(Instant::now(), &registration, peer, ticket_key)
+    };
     let addr = match registered {
         Ok(addr) => addr,
         Err(refusal) => {
             warn!(node_id = %node, "node {name} refused: {refusal}");
-            w.send(&RegisterResponse::Refused(refusal)).await?;
+            w.send(&RegisterResponse::Refused(refusal.clone())).await?;
             w.finish()?;
-            return Ok(());
+            return Ok(ControlEnd::Refused(refusal));
         }
     };
     let mut membership = Membership {
@@ -301,7 +424,7 @@ async fn node_control(
     );
     if let Err(e) = w.send(&RegisterResponse::Registered { ticket_key }).await {
         membership.reason = Some(format!("could not answer its registration: {e}"));
-        return Ok(());
+        return Ok(ControlEnd::Left);
     }
     // The send half stays open (and unfinished) while the node is a member,
     // so a node that watches it sees the scheduler go away rather than a
@@ -315,7 +438,20 @@ async fn node_control(
     };
     membership.reason = Some(reason);
     drop(w);
-    Ok(())
+    Ok(ControlEnd::Left)
+}
+
+/// Whether a node is in the farm, for discovery, which must not dial a node
+/// that is a member already.
+pub(crate) fn is_member(shared: &Shared, node: NodeId) -> bool {
+    // The farm has no lookup by id; a snapshot costs a few small structs per
+    // node, and discovery asks at most every few seconds per node.
+    shared
+        .farm()
+        .status(Instant::now())
+        .nodes
+        .iter()
+        .any(|n| n.node == node)
 }
 
 fn apply_event(shared: &Shared, node: NodeId, event: NodeEvent) {
@@ -329,18 +465,19 @@ fn apply_event(shared: &Shared, node: NodeId, event: NodeEvent) {
             outcome,
             wall_ms,
         } => {
-            let known = shared.farm().job_finished(node, job, &outcome);
+            let known = shared.farm().job_finished(node, job, &outcome, wall_ms);
             debug!(node_id = %node, job_id = %job, known, wall_ms, ?outcome, "job finished");
         }
         NodeEvent::ToolchainReady(id) => {
             shared.farm().toolchain_ready(node, id);
             debug!(node_id = %node, toolchain = %id.0.short(), "node holds a toolchain");
         }
-        // Placement counts assignments itself, including those whose client
-        // has not reached the node yet, which a node's own count cannot
-        // include; the report is only useful for debugging.
+        // Placement counts the farm's jobs itself, including those whose
+        // client has not reached the node yet; the report adds what only the
+        // node knows: foreign load, memory and disk.
         NodeEvent::Load(load) => {
-            trace!(node_id = %node, running = load.running, slots = load.slots, "load report");
+            let known = shared.farm().node_load(node, load, Instant::now());
+            trace!(node_id = %node, known, ?load, "load report");
         }
     }
 }
@@ -390,16 +527,43 @@ impl Drop for Membership {
 
 async fn allocate(
     shared: &Shared,
+    conn: &Connection,
     request: AllocateRequest,
     mut w: FrameWriter,
 ) -> Result<(), RequestError> {
     let now = Instant::now();
-    let (expired, response) = {
+    let (answer, wake) = oneshot::channel();
+    let (expired, decision) = {
         let mut farm = shared.farm();
         let expired = farm.expire(now);
-        (expired, farm.allocate(now, &request))
+        let decision = farm.allocate(now, &request);
+        if let Decision::Queued { waiter, .. } = decision {
+            farm.wait(waiter, answer);
+        }
+        (expired, decision)
     };
     log_expired(&expired);
+    let response = match decision {
+        Decision::Answer(response) => response,
+        Decision::Queued { waiter, deadline } => {
+            debug!(
+                krate = %request.crate_name, client = %request.client, build = %request.build,
+                %waiter, "every slot is busy: the request waits"
+            );
+            let mut queued = Queued {
+                shared,
+                waiter,
+                wake: Some(wake),
+            };
+            match queued.answer(deadline, conn).await {
+                Some(response) => response,
+                None => {
+                    debug!(%waiter, client = %request.client, "the client left while waiting");
+                    return Ok(());
+                }
+            }
+        }
+    };
     match &response {
         AllocateResponse::Assigned(a) => debug!(
             job_id = %a.job, node_id = %a.node, krate = %request.crate_name,
@@ -414,9 +578,64 @@ async fn allocate(
             "told the client to compile locally: {reason}"
         ),
     }
-    w.send(&response).await?;
-    w.finish()?;
+    let sent = w.send(&response).await.and_then(|()| w.finish());
+    if let Err(e) = sent {
+        // The client will never use the slot; free it now rather than when
+        // the assignment expires.
+        if let AllocateResponse::Assigned(a) = &response {
+            shared.farm().release(a.job);
+        }
+        return Err(e.into());
+    }
     Ok(())
+}
+
+/// An allocation waiting in the farm's queue. Dropping it before it got its
+/// answer (the client left, or the task was aborted) withdraws it, and gives
+/// back a grant that crossed the withdrawal.
+struct Queued<'a> {
+    shared: &'a Shared,
+    waiter: WaiterId,
+    /// Taken once the answer arrived.
+    wake: Option<oneshot::Receiver<AllocateResponse>>,
+}
+
+impl Queued<'_> {
+    /// Waits for the answer. At the deadline the farm is asked directly, so
+    /// the answer never depends on some other request happening to
+    /// dispatch. `None` if the client's connection closed first.
+    async fn answer(&mut self, deadline: Instant, conn: &Connection) -> Option<AllocateResponse> {
+        let wake = self.wake.as_mut()?;
+        let response = tokio::select! {
+            granted = &mut *wake => granted.ok(),
+            () = tokio::time::sleep_until(deadline.into()) => {
+                let timed_out = self.shared.farm().time_out(self.waiter);
+                // `None`: it was answered just before the deadline, and the
+                // answer is already in the channel.
+                timed_out.or_else(|| wake.try_recv().ok())
+            }
+            _ = conn.closed() => return None,
+        };
+        self.wake = None;
+        // The sender is only dropped unanswered when the farm forgot the
+        // waiter without a reply, which it never does; compiling locally is
+        // the safe answer if it ever did.
+        Some(response.unwrap_or(AllocateResponse::RunLocally(RunLocallyReason::NoFreeSlot)))
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        let Some(mut wake) = self.wake.take() else {
+            return;
+        };
+        let mut farm = self.shared.farm();
+        if farm.cancel(self.waiter) {
+            farm.0.waiting.remove(&self.waiter);
+        } else if let Ok(AllocateResponse::Assigned(a)) = wake.try_recv() {
+            farm.release(a.job);
+        }
+    }
 }
 
 async fn upload(

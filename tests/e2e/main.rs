@@ -11,6 +11,7 @@
 //! ```
 
 mod datapath;
+mod discovery;
 mod errors;
 mod faults;
 mod premise;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tempfile::NamedTempFile;
 
 use crate::farm::FarmEnv;
+use crate::netns::NetNs;
 use crate::process::ChildGuard;
 
 /// A build that takes longer than this has hung: the largest fixture builds
@@ -153,11 +154,25 @@ pub fn spawn_cargo_build(
     env: &[(String, String)],
     extra_args: &[&str],
 ) -> RunningBuild {
+    spawn_cargo_build_in(None, dir, env, extra_args)
+}
+
+/// Like [`spawn_cargo_build`], inside `netns` when given (for builds whose
+/// wrappers find the scheduler over mDNS).
+pub fn spawn_cargo_build_in(
+    netns: Option<&NetNs>,
+    dir: &Path,
+    env: &[(String, String)],
+    extra_args: &[&str],
+) -> RunningBuild {
     let stdout = NamedTempFile::new().expect("create a temporary file for cargo's stdout");
     let stderr = NamedTempFile::new().expect("create a temporary file for cargo's stderr");
     // `cargo test` tells its test binaries which cargo it is; use the same one.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-    let mut command = Command::new(cargo);
+    let mut command = match netns {
+        Some(netns) => netns.command(cargo),
+        None => Command::new(cargo),
+    };
     command.arg("build").args(extra_args).current_dir(dir);
     for var in SCRUBBED_VARS {
         command.env_remove(var);
@@ -207,6 +222,17 @@ pub fn cargo_build_with_env(
 pub fn cargo_build(dir: &Path, farm: Option<&FarmEnv>, extra_args: &[&str]) -> BuildOutput {
     let env = farm.map(FarmEnv::vars).unwrap_or_default();
     cargo_build_with_env(dir, &env, extra_args)
+}
+
+/// Runs `cargo build` in `dir` inside `netns`, through the farm `farm`
+/// (typically [`FarmEnv::discovering`]).
+pub fn cargo_build_in(
+    netns: &NetNs,
+    dir: &Path,
+    farm: &FarmEnv,
+    extra_args: &[&str],
+) -> BuildOutput {
+    spawn_cargo_build_in(Some(netns), dir, &farm.vars(), extra_args).wait()
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! Every wrapper invocation appends one JSON line saying where the compile
 //! ran and why, for example
 //! `{"crate":"base","crate_types":["lib"],"where":"remote","node":"n1","reason":null,"exit_code":0,"ms":123}`.
-//! Unknown fields are ignored so the client can add more.
+//! Unknown fields are ignored so the client can add more, and fields the
+//! client added later (`failed_nodes`, the traffic counts) may be missing.
 
 use std::fmt;
 use std::path::Path;
@@ -34,8 +35,14 @@ pub struct Event {
     pub crate_types: Vec<String>,
     #[serde(rename = "where")]
     pub place: Where,
+    /// The node that ran the compile, for remote ones.
     #[serde(default)]
     pub node: Option<String>,
+    /// The nodes whose attempts at this compile failed before it ran where
+    /// `place` and `node` say, in the order they were tried. Empty when the
+    /// first attempt stood, and in logs from clients that never retry.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub failed_nodes: Vec<String>,
     #[serde(default)]
     pub reason: Option<String>,
     #[serde(default)]
@@ -85,6 +92,9 @@ impl fmt::Display for Event {
         )?;
         if let Some(node) = &self.node {
             write!(f, " on {node}")?;
+        }
+        if !self.failed_nodes.is_empty() {
+            write!(f, " after failing on {}", self.failed_nodes.join(", "))?;
         }
         if let Some(code) = self.exit_code {
             write!(f, " exit {code}")?;
@@ -162,6 +172,33 @@ mod tests {
         assert!(events[2].is_build_script());
         assert_eq!(events[2].place, Where::Fallback);
         assert_eq!(events[2].exit_code, None);
+        assert!(events.iter().all(|e| e.failed_nodes.is_empty()));
+    }
+
+    #[test]
+    fn reads_the_nodes_that_failed_a_retried_compile() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(
+            &path,
+            concat!(
+                r#"{"crate":"syn","crate_types":["lib"],"where":"remote","node":"n2","failed_nodes":["n1"],"exit_code":0}"#,
+                "\n",
+                r#"{"crate":"serde","crate_types":["lib"],"where":"fallback","failed_nodes":["n1","n2"],"reason":"node n2: gone"}"#,
+                "\n",
+                r#"{"crate":"libc","crate_types":["lib"],"where":"remote","node":"n1","failed_nodes":null}"#,
+                "\n",
+            ),
+        )
+        .unwrap();
+        let events = read_events(&path);
+        assert_eq!(events[0].failed_nodes, ["n1"]);
+        assert_eq!(events[1].failed_nodes, ["n1", "n2"]);
+        assert!(events[2].failed_nodes.is_empty());
+        assert_eq!(
+            events[0].to_string(),
+            "syn [lib] Remote on n2 after failing on n1 exit 0"
+        );
     }
 
     #[test]

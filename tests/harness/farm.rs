@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use distcc_rs_proto::message::FarmStatus;
 
 use crate::bins;
+use crate::netns::NetNs;
 use crate::process::{ChildGuard, run_with_timeout, tail_of_file};
 
 /// How long a daemon may take to print its readiness line.
@@ -36,45 +37,12 @@ impl Daemon {
     /// Starts `command` with stdout piped and stderr written to `stderr_log`,
     /// and waits until it prints a line for which `ready` returns a value.
     fn spawn<T>(
-        mut command: Command,
+        command: Command,
         label: &str,
         stderr_log: PathBuf,
         mut ready: impl FnMut(&str) -> Option<T>,
     ) -> (Daemon, T) {
-        let log = File::create(&stderr_log)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", stderr_log.display()));
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {label} ({command:?}): {e}"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut daemon = Daemon {
-            guard: ChildGuard::new(child, label),
-            stdout_tail: Arc::new(Mutex::new(VecDeque::new())),
-            stderr_log,
-        };
-
-        // The reader thread keeps draining stdout for the daemon's whole life
-        // (a full pipe would block the daemon) and forwards lines to us until
-        // we stop listening. It ends when the daemon's stdout closes.
-        let (lines_tx, lines_rx) = mpsc::channel();
-        let tail = Arc::clone(&daemon.stdout_tail);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                {
-                    let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
-                    if tail.len() == TAIL_LINES {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line.clone());
-                }
-                let _ = lines_tx.send(line);
-            }
-        });
-
+        let (mut daemon, lines_rx) = Daemon::start(command, label, stderr_log);
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             let timeout = deadline.saturating_duration_since(Instant::now());
@@ -99,6 +67,64 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Starts `command` with stdout piped and stderr written to
+    /// `stderr_log`, without waiting for anything. The returned channel
+    /// carries its stdout lines.
+    fn start(
+        mut command: Command,
+        label: &str,
+        stderr_log: PathBuf,
+    ) -> (Daemon, mpsc::Receiver<String>) {
+        let log = File::create(&stderr_log)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", stderr_log.display()));
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label} ({command:?}): {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let daemon = Daemon {
+            guard: ChildGuard::new(child, label),
+            stdout_tail: Arc::new(Mutex::new(VecDeque::new())),
+            stderr_log,
+        };
+
+        // The reader thread keeps draining stdout for the daemon's whole life
+        // (a full pipe would block the daemon) and forwards lines to us until
+        // we stop listening. It ends when the daemon's stdout closes.
+        let (lines_tx, lines_rx) = mpsc::channel();
+        let tail = Arc::clone(&daemon.stdout_tail);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                {
+                    let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                    if tail.len() == TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line.clone());
+                }
+                let _ = lines_tx.send(line);
+            }
+        });
+        (daemon, lines_rx)
+    }
+
+    /// Whether the daemon has printed a stdout line containing `text`.
+    fn printed(&self, text: &str) -> bool {
+        self.stdout_tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|line| line.contains(text))
+    }
+
+    /// What the daemon has logged on stderr so far.
+    fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.stderr_log).unwrap_or_default()).into_owned()
     }
 
     /// The last lines of the daemon's stdout and stderr.
@@ -155,12 +181,44 @@ impl Scheduler {
         Scheduler::spawn(dir, &listen.to_string(), &[])
     }
 
+    /// Starts a scheduler inside `netns` with mDNS on, listening on every
+    /// interface of the namespace, with its state under `dir/scheduler`, and
+    /// waits until it says it is listening. Its address is the loopback
+    /// one, which is how everything else in the namespace reaches it.
+    pub fn start_in(netns: &NetNs, dir: &Path, extra_args: &[&str]) -> Scheduler {
+        let state_dir = dir.join("scheduler");
+        std::fs::create_dir_all(&state_dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", state_dir.display()));
+        let mut command = netns.command(bins::binary(bins::SCHEDULER));
+        command
+            // The farm is the test's to choose, not the developer's shell's.
+            .env_remove("DISTCC_RS_NETNAME")
+            .arg("--listen")
+            .arg("0.0.0.0:0")
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(extra_args);
+        let (daemon, addr) = Daemon::spawn(
+            command,
+            "scheduler",
+            dir.join("scheduler.log"),
+            parse_listening_line,
+        );
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()));
+        Scheduler { daemon, addr }
+    }
+
     fn spawn(dir: &Path, listen: &str, extra_args: &[&str]) -> Scheduler {
         let state_dir = dir.join("scheduler");
         std::fs::create_dir_all(&state_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", state_dir.display()));
         let mut command = Command::new(bins::binary(bins::SCHEDULER));
         command
+            // The farm is the test's to choose, not the developer's shell's.
+            .env_remove("DISTCC_RS_NETNAME")
+            // mDNS must never run on the host's real interfaces; only tests
+            // inside a network namespace of their own use it.
+            .arg("--no-mdns")
             .arg("--listen")
             .arg(listen)
             .arg("--state-dir")
@@ -184,6 +242,11 @@ impl Scheduler {
     pub fn kill(&mut self) {
         self.daemon.guard.kill();
     }
+
+    /// What the scheduler has logged so far.
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
 }
 
 /// A running `distcc-rs-node`, killed when dropped.
@@ -204,10 +267,66 @@ impl Node {
     /// cannot lean on the Rust installation of the machine it runs on: it has
     /// to use the toolchain bundle it fetched.
     pub fn start(dir: &Path, scheduler: SocketAddr, name: &str, extra_args: &[&str]) -> Node {
+        let mut command = Command::new(bins::binary(bins::NODE));
+        command
+            // mDNS must never run on the host's real interfaces; only tests
+            // inside a network namespace of their own use it.
+            .arg("--no-mdns")
+            .arg("--scheduler")
+            .arg(scheduler.to_string())
+            .arg("--listen")
+            .arg("127.0.0.1:0");
+        Node::spawn_registered(command, dir, name, extra_args)
+    }
+
+    /// Starts a node inside `netns` with mDNS on and no scheduler address,
+    /// and waits until a scheduler has found and adopted it.
+    pub fn start_in(netns: &NetNs, dir: &Path, name: &str, extra_args: &[&str]) -> Node {
+        let mut command = netns.command(bins::binary(bins::NODE));
+        command.arg("--listen").arg("0.0.0.0:0");
+        Node::spawn_registered(command, dir, name, extra_args)
+    }
+
+    /// Like [`Node::start_in`], but returns at once: for a node that no
+    /// scheduler is expected to adopt. See [`Node::has_registered`].
+    pub fn spawn_in(netns: &NetNs, dir: &Path, name: &str, extra_args: &[&str]) -> Node {
+        let mut command = netns.command(bins::binary(bins::NODE));
+        command.arg("--listen").arg("0.0.0.0:0");
+        let (command, log) = Node::configure(command, dir, name, extra_args);
+        let (daemon, _lines) = Daemon::start(command, &format!("node {name}"), log);
+        Node {
+            daemon,
+            name: name.to_owned(),
+            addr: None,
+        }
+    }
+
+    fn spawn_registered(command: Command, dir: &Path, name: &str, extra_args: &[&str]) -> Node {
+        let (command, log) = Node::configure(command, dir, name, extra_args);
+        let (daemon, addr) = Daemon::spawn(command, &format!("node {name}"), log, |line| {
+            line.contains("registered")
+                .then(|| parse_listening_line(line))
+        });
+        Node {
+            daemon,
+            name: name.to_owned(),
+            addr,
+        }
+    }
+
+    /// Adds what every test node shares to `command` (which runs the node
+    /// binary, directly or through `ip netns exec`): an emptied environment,
+    /// a work directory under `dir/node-<name>`, the name and two slots.
+    /// Returns the command and the node's log file.
+    fn configure(
+        mut command: Command,
+        dir: &Path,
+        name: &str,
+        extra_args: &[&str],
+    ) -> (Command, PathBuf) {
         let work_dir = dir.join(format!("node-{name}"));
         std::fs::create_dir_all(&work_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", work_dir.display()));
-        let mut command = Command::new(bins::binary(bins::NODE));
         command
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -216,10 +335,6 @@ impl Node {
             command.env("RUST_LOG", filter);
         }
         command
-            .arg("--scheduler")
-            .arg(scheduler.to_string())
-            .arg("--listen")
-            .arg("127.0.0.1:0")
             .arg("--work-dir")
             .arg(&work_dir)
             .arg("--name")
@@ -227,20 +342,17 @@ impl Node {
             .arg("--slots")
             .arg("2")
             .args(extra_args);
-        let (daemon, addr) = Daemon::spawn(
-            command,
-            &format!("node {name}"),
-            dir.join(format!("node-{name}.log")),
-            |line| {
-                line.contains("registered")
-                    .then(|| parse_listening_line(line))
-            },
-        );
-        Node {
-            daemon,
-            name: name.to_owned(),
-            addr,
-        }
+        (command, dir.join(format!("node-{name}.log")))
+    }
+
+    /// Whether the node has printed its "registered with" line.
+    pub fn has_registered(&self) -> bool {
+        self.daemon.printed("registered with")
+    }
+
+    /// What the node has logged so far.
+    pub fn log(&self) -> String {
+        self.daemon.log()
     }
 
     pub fn name(&self) -> &str {
@@ -287,6 +399,28 @@ pub fn try_status(scheduler: SocketAddr) -> anyhow::Result<FarmStatus> {
         .arg("--scheduler")
         .arg(scheduler.to_string())
         .arg("--json");
+    query_status(command)
+}
+
+/// Runs `distcc-rs status --json` inside `netns` with no address, so that
+/// it finds the scheduler of farm `farm` over mDNS.
+pub fn try_status_discovered(netns: &NetNs, farm: &str) -> anyhow::Result<FarmStatus> {
+    let mut command = netns.command(bins::binary(bins::CLIENT));
+    command
+        .env_remove("DISTCC_RS_SCHEDULER")
+        .env_remove("DISTCC_RS_MDNS")
+        .env("DISTCC_RS_NETNAME", farm)
+        .arg("status")
+        .arg("--json");
+    query_status(command)
+}
+
+/// Like [`try_status_discovered`], panicking on failure.
+pub fn status_discovered(netns: &NetNs, farm: &str) -> FarmStatus {
+    try_status_discovered(netns, farm).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn query_status(mut command: Command) -> anyhow::Result<FarmStatus> {
     let output = run_with_timeout(&mut command, STATUS_TIMEOUT)?;
     anyhow::ensure!(
         output.status.success(),
@@ -310,8 +444,9 @@ pub fn status(scheduler: SocketAddr) -> FarmStatus {
 /// Everything a cargo build needs to compile through the farm.
 #[derive(Debug, Clone)]
 pub struct FarmEnv {
-    /// Where the client finds the scheduler.
-    pub scheduler: SocketAddr,
+    /// Where the client finds the scheduler; `None` to let it look over
+    /// mDNS (only inside a [`NetNs`]).
+    pub scheduler: Option<SocketAddr>,
     /// The client's cache (packed toolchains).
     pub cache_dir: PathBuf,
     /// Where the client's event log and debug log go.
@@ -324,10 +459,20 @@ impl FarmEnv {
     /// A farm environment using the run's shared cache, logging into
     /// `log_dir` (which is created).
     pub fn new(scheduler: SocketAddr, log_dir: &Path) -> FarmEnv {
+        FarmEnv {
+            scheduler: Some(scheduler),
+            ..FarmEnv::discovering(log_dir)
+        }
+    }
+
+    /// A farm environment without a scheduler address: the client finds the
+    /// scheduler of the `default` farm over mDNS. Only for builds inside a
+    /// [`NetNs`] (see [`crate::cargo_build_in`]).
+    pub fn discovering(log_dir: &Path) -> FarmEnv {
         std::fs::create_dir_all(log_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_dir.display()));
         FarmEnv {
-            scheduler,
+            scheduler: None,
             cache_dir: bins::shared_cache_dir(),
             log_dir: log_dir.to_path_buf(),
             extra_env: Vec::new(),
@@ -352,7 +497,6 @@ impl FarmEnv {
                 "RUSTC_WRAPPER".to_owned(),
                 path(&bins::binary(bins::CLIENT)),
             ),
-            ("DISTCC_RS_SCHEDULER".to_owned(), self.scheduler.to_string()),
             ("DISTCC_RS_CACHE_DIR".to_owned(), path(&self.cache_dir)),
             ("DISTCC_RS_EVENTS".to_owned(), path(&self.events_path())),
             ("DISTCC_RS_LOG".to_owned(), "debug".to_owned()),
@@ -361,6 +505,15 @@ impl FarmEnv {
                 path(&self.client_log_path()),
             ),
         ];
+        match self.scheduler {
+            Some(scheduler) => vars.extend([
+                ("DISTCC_RS_SCHEDULER".to_owned(), scheduler.to_string()),
+                // A client must never look for a scheduler over mDNS on the
+                // host's interfaces, whatever a test does with the address.
+                ("DISTCC_RS_MDNS".to_owned(), "0".to_owned()),
+            ]),
+            None => vars.push(("DISTCC_RS_NETNAME".to_owned(), "default".to_owned())),
+        }
         vars.extend(self.extra_env.iter().cloned());
         vars
     }

@@ -1,6 +1,7 @@
-//! The end-to-end test harness: starts real schedulers and nodes on loopback,
-//! runs cargo over copies of the fixture workspaces with and without the farm,
-//! and compares what comes out.
+//! The end-to-end test harness: starts real schedulers and nodes on loopback
+//! (or, for mDNS, inside a network namespace of their own), runs cargo over
+//! copies of the fixture workspaces with and without the farm, and compares
+//! what comes out.
 //!
 //! Every process the harness starts is owned by a guard that kills it (and
 //! everything it started) when dropped, so a failing test leaves nothing
@@ -12,16 +13,26 @@ pub mod cargo;
 pub mod events;
 pub mod farm;
 pub mod fixture;
+pub mod netns;
 pub mod process;
+pub mod watch;
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use artifacts::{Artifacts, compare_artifacts, diff_artifacts, snapshot_artifacts};
-pub use cargo::{BuildOutput, RunningBuild, cargo_build, cargo_build_with_env, spawn_cargo_build};
+pub use cargo::{
+    BuildOutput, RunningBuild, cargo_build, cargo_build_in, cargo_build_with_env,
+    spawn_cargo_build, spawn_cargo_build_in,
+};
 pub use events::{Event, Where, read_events};
-pub use farm::{FarmEnv, Node, Scheduler, free_loopback_port, status, try_status};
+pub use farm::{
+    FarmEnv, Node, Scheduler, free_loopback_port, status, status_discovered, try_status,
+    try_status_discovered,
+};
 pub use fixture::{Fixture, copy_fixture};
+pub use netns::NetNs;
+pub use watch::{describe_status, watch_status};
 
 /// How often [`wait_until`] checks its condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);

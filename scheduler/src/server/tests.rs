@@ -9,10 +9,10 @@ use distcc_rs_net::{EndpointOptions, Identity, PeerAuth, bind_client, bind_serve
 use distcc_rs_net::{FrameReader, FrameWriter, open_stream, payload};
 use distcc_rs_proto::message::{
     AllocateRequest, AllocateResponse, BundleError, FarmStatus, FetchResponse, JobOutcome,
-    NodeEvent, NodeRegistration, RegisterRefusal, RegisterResponse, RunLocallyReason,
+    NodeEvent, NodeLoad, NodeRegistration, RegisterRefusal, RegisterResponse, RunLocallyReason,
     SchedulerRequest, UploadResponse,
 };
-use distcc_rs_proto::{NodeId, Ticket, ToolchainId};
+use distcc_rs_proto::{JobId, NodeId, Ticket, ToolchainId};
 use quinn::Connection;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
@@ -329,4 +329,181 @@ async fn shutdown_closes_node_connections_and_returns() {
     scheduler.shut_down().await;
     // The node sees its control stream end with the connection.
     assert!(r.recv_opt::<u8>().await.is_err());
+}
+
+/// A scheduler whose queue holds requests for `queue_timeout`, with a
+/// stored toolchain and one registered node with one slot whose only slot
+/// is taken. Returns the scheduler, a client connection, the toolchain, the
+/// node's connection (which must stay open) and control stream, and the job
+/// holding the slot.
+async fn full_farm(
+    state: &std::path::Path,
+    queue_timeout: Duration,
+) -> (Running, Connection, ToolchainId, Connection, FrameWriter, JobId) {
+    let mut config = SchedulerConfig::new(state);
+    config.farm.queue_timeout = queue_timeout;
+    let scheduler = start_with(config);
+    let client = dial(scheduler.addr).await;
+    let (id, bundle) = fixture::bundle("queue");
+    assert_eq!(upload(&client, id, &bundle).await, UploadResponse::Stored);
+    let node = dial(scheduler.addr).await;
+    let one_slot = NodeRegistration {
+        slots: 1,
+        ..registration(3)
+    };
+    let (response, control, _control_r) = register(&node, one_slot).await;
+    assert!(matches!(response, RegisterResponse::Registered { .. }));
+    let answer: AllocateResponse = ask(&client, &allocate_request(id)).await;
+    let AllocateResponse::Assigned(first) = answer else {
+        panic!("expected an assignment, got {answer:?}");
+    };
+    (scheduler, client, id, node, control, first.job)
+}
+
+#[tokio::test]
+async fn a_request_waits_for_a_busy_slot_and_gets_it_when_it_frees() {
+    let state = tempfile::tempdir().unwrap();
+    let (scheduler, client, id, _node, mut control, first) =
+        full_farm(state.path(), Duration::from_secs(30)).await;
+
+    let waiting = {
+        let conn = dial(scheduler.addr).await;
+        tokio::spawn(async move {
+            let answer: AllocateResponse = ask(&conn, &allocate_request(id)).await;
+            conn.close(0u32.into(), b"done");
+            answer
+        })
+    };
+    let status = wait_for(&client, "the request to wait", |s| s.waiting == 1).await;
+    assert_eq!(status.totals.queued, 1);
+
+    control
+        .send(&NodeEvent::JobStarted { job: first })
+        .await
+        .unwrap();
+    control
+        .send(&NodeEvent::JobFinished {
+            job: first,
+            outcome: JobOutcome::Compiled { exit_code: 0 },
+            wall_ms: 40,
+        })
+        .await
+        .unwrap();
+    let answer = waiting.await.unwrap();
+    let AllocateResponse::Assigned(second) = answer else {
+        panic!("expected the freed slot, got {answer:?}");
+    };
+    assert_eq!(second.node, NodeId(3));
+    assert_ne!(second.job, first);
+    let status: FarmStatus = ask(&client, &SchedulerRequest::Status).await;
+    assert_eq!(status.waiting, 0);
+    assert_eq!(status.nodes[0].running, 1);
+    assert_eq!(status.totals.assigned, 2);
+
+    client.close(0u32.into(), b"done");
+    scheduler.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_request_that_waits_too_long_runs_locally() {
+    let state = tempfile::tempdir().unwrap();
+    let timeout = Duration::from_millis(300);
+    let (scheduler, client, id, _node, _control, _first) = full_farm(state.path(), timeout).await;
+
+    let asked = Instant::now();
+    let answer: AllocateResponse = ask(&client, &allocate_request(id)).await;
+    assert_eq!(
+        answer,
+        AllocateResponse::RunLocally(RunLocallyReason::NoFreeSlot)
+    );
+    assert!(asked.elapsed() >= timeout, "answered after {:?}", asked.elapsed());
+    let status: FarmStatus = ask(&client, &SchedulerRequest::Status).await;
+    assert_eq!(status.waiting, 0);
+    assert_eq!((status.totals.queued, status.totals.run_locally), (1, 1));
+
+    client.close(0u32.into(), b"done");
+    scheduler.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_while_waiting_gets_no_slot() {
+    let state = tempfile::tempdir().unwrap();
+    let (scheduler, client, id, _node, mut control, first) =
+        full_farm(state.path(), Duration::from_secs(30)).await;
+
+    let leaving = dial(scheduler.addr).await;
+    let (mut w, _r) = open_stream(&leaving).await.unwrap();
+    w.send(&allocate_request(id)).await.unwrap();
+    w.finish().unwrap();
+    wait_for(&client, "the request to wait", |s| s.waiting == 1).await;
+    leaving.close(0u32.into(), b"gave up");
+    wait_for(&client, "the request to be withdrawn", |s| s.waiting == 0).await;
+
+    // The slot that frees now stays free: nobody is left to take it.
+    control
+        .send(&NodeEvent::JobFinished {
+            job: first,
+            outcome: JobOutcome::Compiled { exit_code: 0 },
+            wall_ms: 40,
+        })
+        .await
+        .unwrap();
+    let status = wait_for(&client, "the job to finish", |s| s.totals.succeeded == 1).await;
+    assert_eq!(status.nodes[0].running, 0);
+    assert_eq!(status.totals.assigned, 1);
+    assert_eq!(status.totals.run_locally, 0);
+
+    client.close(0u32.into(), b"done");
+    scheduler.shut_down().await;
+}
+
+#[tokio::test]
+async fn load_reports_show_in_the_status_and_keep_jobs_off_short_nodes() {
+    let state = tempfile::tempdir().unwrap();
+    let scheduler = start(state.path());
+    let client = dial(scheduler.addr).await;
+    let (id, bundle) = fixture::bundle("load");
+    assert_eq!(upload(&client, id, &bundle).await, UploadResponse::Stored);
+    let node = dial(scheduler.addr).await;
+    let (response, mut control, _control_r) = register(&node, registration(4)).await;
+    assert!(matches!(response, RegisterResponse::Registered { .. }));
+
+    let short = NodeLoad {
+        running: 0,
+        slots: 2,
+        cores: 4,
+        cpu_busy_permille: 100,
+        load_avg_centi: 40,
+        mem_available: 64 << 20,
+        disk_free: 50 << 30,
+    };
+    control.send(&NodeEvent::Load(short)).await.unwrap();
+    let status = wait_for(&client, "the load report", |s| {
+        s.nodes.first().is_some_and(|n| n.load.is_some())
+    })
+    .await;
+    assert_eq!(status.nodes[0].load, Some(short));
+    assert_eq!(status.nodes[0].speed, 1.0);
+    assert_eq!(status.farm, "default");
+    let answer: AllocateResponse = ask(&client, &allocate_request(id)).await;
+    assert_eq!(
+        answer,
+        AllocateResponse::RunLocally(RunLocallyReason::NoEligibleNode)
+    );
+
+    // Memory again: jobs go there again.
+    let roomy = NodeLoad {
+        mem_available: 8 << 30,
+        ..short
+    };
+    control.send(&NodeEvent::Load(roomy)).await.unwrap();
+    wait_for(&client, "the second report", |s| {
+        s.nodes[0].load == Some(roomy)
+    })
+    .await;
+    let answer: AllocateResponse = ask(&client, &allocate_request(id)).await;
+    assert!(matches!(answer, AllocateResponse::Assigned(_)), "{answer:?}");
+
+    client.close(0u32.into(), b"done");
+    scheduler.shut_down().await;
 }

@@ -1,0 +1,281 @@
+//! Adoption over loopback, without mDNS: a scheduler given a fake node with
+//! `--node` dials it, and the fake node speaks the node's side of the
+//! protocol. mDNS itself is exercised by the end-to-end test in a network
+//! namespace, never here: these tests run on the host's interfaces.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use distcc_rs_net::{
+    EndpointOptions, FrameReader, FrameWriter, Identity, PeerAuth, accept_stream, bind_client,
+    bind_server, connect, open_stream, payload,
+};
+use distcc_rs_proto::message::{
+    AdoptRefusal, AdoptReply, AdoptRequest, FarmStatus, FetchResponse, NodeRegistration,
+    NodeRequest, RegisterRefusal, RegisterResponse, SchedulerRequest, UploadResponse,
+};
+use distcc_rs_proto::{NodeId, ToolchainId};
+use quinn::{Connection, Endpoint};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::discovery::DiscoveryConfig;
+use crate::fixture;
+use crate::server::{SchedulerConfig, SchedulerError, run};
+
+struct Running {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), SchedulerError>>,
+}
+
+impl Running {
+    async fn shut_down(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn start(state_dir: &std::path::Path, farm: &str, discovery: DiscoveryConfig) -> Running {
+    let endpoint = bind_server(
+        "127.0.0.1:0".parse().unwrap(),
+        &Identity::self_signed("scheduler-test").unwrap(),
+        &PeerAuth::Unauthenticated,
+        &EndpointOptions::default(),
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let mut config = SchedulerConfig {
+        discovery,
+        ..SchedulerConfig::new(state_dir)
+    };
+    config.farm.farm_name = farm.to_owned();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(endpoint, config, async move {
+        let _ = stopped.await;
+    }));
+    Running { addr, stop, task }
+}
+
+/// A node's endpoint on loopback, with nothing behind it but the test.
+fn fake_node() -> Endpoint {
+    bind_server(
+        "127.0.0.1:0".parse().unwrap(),
+        &Identity::self_signed("fake-node").unwrap(),
+        &PeerAuth::Unauthenticated,
+        &EndpointOptions::default(),
+    )
+    .unwrap()
+}
+
+fn adopting(nodes: &[SocketAddr]) -> DiscoveryConfig {
+    DiscoveryConfig {
+        static_nodes: nodes.iter().map(ToString::to_string).collect(),
+        name: "test-scheduler".into(),
+        ..DiscoveryConfig::default()
+    }
+}
+
+fn registration(node: u64, farm: &str, job_port: u16) -> NodeRegistration {
+    NodeRegistration {
+        node: NodeId(node),
+        farm: farm.into(),
+        name: format!("fake-{node}"),
+        job_port,
+        advertise: None,
+        slots: 2,
+        toolchains: vec![],
+    }
+}
+
+/// Waits for the scheduler to dial `node` and open its adoption stream.
+async fn adoption(node: &Endpoint) -> (Connection, FrameWriter, FrameReader, AdoptRequest) {
+    let conn = tokio::time::timeout(Duration::from_secs(20), node.accept())
+        .await
+        .expect("the scheduler dials the node")
+        .unwrap()
+        .await
+        .unwrap();
+    let (w, mut r) = accept_stream(&conn).await.unwrap();
+    let NodeRequest::Adopt(request) = r.recv().await.unwrap() else {
+        panic!("the scheduler's first message is not an adoption request");
+    };
+    (conn, w, r, request)
+}
+
+async fn client(addr: SocketAddr) -> Connection {
+    let opts = EndpointOptions::default();
+    let endpoint = bind_client(addr, None, &PeerAuth::Unauthenticated, &opts).unwrap();
+    connect(&endpoint, addr, &opts).await.unwrap()
+}
+
+async fn status(conn: &Connection) -> FarmStatus {
+    let (mut w, mut r) = open_stream(conn).await.unwrap();
+    w.send(&SchedulerRequest::Status).await.unwrap();
+    w.finish().unwrap();
+    r.recv().await.unwrap()
+}
+
+async fn wait_for(conn: &Connection, what: &str, done: impl Fn(&FarmStatus) -> bool) -> FarmStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = status(conn).await;
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {what}; last status: {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_static_node_is_adopted_and_served_on_the_dialled_connection() {
+    let state = tempfile::tempdir().unwrap();
+    let node = fake_node();
+    let node_addr = node.local_addr().unwrap();
+    let scheduler = start(state.path(), "default", adopting(&[node_addr]));
+    let client = client(scheduler.addr).await;
+    let (id, bundle) = fixture::bundle("adopted");
+    let (mut w, mut r) = open_stream(&client).await.unwrap();
+    w.send(&SchedulerRequest::UploadToolchain {
+        id,
+        compressed_size: bundle.len() as u64,
+    })
+    .await
+    .unwrap();
+    payload::send_raw(&mut w, &bundle[..]).await.unwrap();
+    w.finish().unwrap();
+    assert_eq!(
+        r.recv::<UploadResponse>().await.unwrap(),
+        UploadResponse::Stored
+    );
+
+    let (conn, mut w, mut r, request) = adoption(&node).await;
+    assert_eq!(
+        request,
+        AdoptRequest {
+            farm: "default".into(),
+            scheduler_name: "test-scheduler".into()
+        }
+    );
+    w.send(&AdoptReply::Register(registration(
+        7,
+        "default",
+        node_addr.port(),
+    )))
+    .await
+    .unwrap();
+    let RegisterResponse::Registered { .. } = r.recv().await.unwrap() else {
+        panic!("the adopted node was refused");
+    };
+    let farm = wait_for(&client, "the adopted node to join", |s| s.nodes.len() == 1).await;
+    // Clients are sent to the address the scheduler dialled.
+    assert_eq!(farm.nodes[0].addr, node_addr);
+
+    // The node fetches a toolchain over the connection the scheduler
+    // dialled, as it would over its own.
+    let fetched = fetch(&conn, id).await;
+    assert_eq!(fetched, bundle);
+
+    // The session ends when the node goes away, and the node leaves.
+    conn.close(0u32.into(), b"node shutting down");
+    wait_for(&client, "the node to leave", |s| s.nodes.is_empty()).await;
+    scheduler.shut_down().await;
+}
+
+async fn fetch(conn: &Connection, id: ToolchainId) -> Vec<u8> {
+    let (mut w, mut r) = open_stream(conn).await.unwrap();
+    w.send(&SchedulerRequest::FetchToolchain(id)).await.unwrap();
+    w.finish().unwrap();
+    let FetchResponse::Found { compressed_size } = r.recv().await.unwrap() else {
+        panic!("the scheduler does not find the bundle it stored");
+    };
+    let mut out = Vec::new();
+    payload::recv_raw(&mut r, &mut out, compressed_size)
+        .await
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn a_node_that_declined_is_asked_again_later() {
+    let state = tempfile::tempdir().unwrap();
+    let node = fake_node();
+    let node_addr = node.local_addr().unwrap();
+    let scheduler = start(state.path(), "default", adopting(&[node_addr]));
+
+    let (conn, mut w, _r, _) = adoption(&node).await;
+    w.send(&AdoptReply::Decline(AdoptRefusal::AlreadyRegistered(
+        "another scheduler".into(),
+    )))
+    .await
+    .unwrap();
+    w.finish().unwrap();
+    conn.closed().await;
+
+    // After its back-off the scheduler dials again, and this time the node
+    // joins.
+    let (_conn, mut w, mut r, _) = adoption(&node).await;
+    w.send(&AdoptReply::Register(registration(
+        8,
+        "default",
+        node_addr.port(),
+    )))
+    .await
+    .unwrap();
+    assert!(matches!(
+        r.recv().await.unwrap(),
+        RegisterResponse::Registered { .. }
+    ));
+    let client = client(scheduler.addr).await;
+    wait_for(&client, "the node to join", |s| s.nodes.len() == 1).await;
+    scheduler.shut_down().await;
+}
+
+#[tokio::test]
+async fn nodes_of_another_farm_are_refused_however_they_arrive() {
+    let state = tempfile::tempdir().unwrap();
+    let node = fake_node();
+    let node_addr = node.local_addr().unwrap();
+    let scheduler = start(state.path(), "team-a", adopting(&[node_addr]));
+
+    // Adopted: the scheduler's own request names its farm, and a node that
+    // registers for another farm anyway is refused.
+    let (_conn, mut w, mut r, request) = adoption(&node).await;
+    assert_eq!(request.farm, "team-a");
+    w.send(&AdoptReply::Register(registration(
+        9,
+        "team-b",
+        node_addr.port(),
+    )))
+    .await
+    .unwrap();
+    assert_eq!(
+        r.recv::<RegisterResponse>().await.unwrap(),
+        RegisterResponse::Refused(RegisterRefusal::WrongFarm {
+            node: "team-b".into(),
+            scheduler: "team-a".into()
+        })
+    );
+
+    // Dialling in.
+    let client = client(scheduler.addr).await;
+    let (mut w, mut r) = open_stream(&client).await.unwrap();
+    w.send(&SchedulerRequest::RegisterNode(registration(
+        10, "default", 1,
+    )))
+    .await
+    .unwrap();
+    assert_eq!(
+        r.recv::<RegisterResponse>().await.unwrap(),
+        RegisterResponse::Refused(RegisterRefusal::WrongFarm {
+            node: "default".into(),
+            scheduler: "team-a".into()
+        })
+    );
+    assert!(status(&client).await.nodes.is_empty());
+    scheduler.shut_down().await;
+}
