@@ -521,7 +521,9 @@ async fn release(conn: &quinn::Connection, job: distcc_rs_proto::JobId) {
     if let Ok((mut w, _r)) = open_stream(conn).await
         && w.send(&SchedulerRequest::Release { job }).await.is_ok()
     {
-        let _ = w.finish();
+        // Bounded: a scheduler that stopped answering must not hold up the
+        // compile, and the assignment expires on its own anyway.
+        let _ = tokio::time::timeout(Duration::from_millis(500), w.finish_and_wait()).await;
     }
 }
 

@@ -65,6 +65,18 @@ impl FrameWriter {
         self.send.finish()?;
         Ok(())
     }
+
+    /// Finishes the stream and waits until the peer has acknowledged
+    /// everything sent on it. Closing the connection right after `finish`
+    /// can discard data not yet sent, so a message that gets no answer
+    /// (such as a scheduler `Release`) needs this before the close.
+    pub async fn finish_and_wait(mut self) -> Result<(), NetError> {
+        self.finish()?;
+        // An error here means the peer stopped the stream or the connection
+        // went away; either way there is nothing left to wait for.
+        let _ = self.send.stopped().await;
+        Ok(())
+    }
 }
 
 /// The receiving half of a stream.

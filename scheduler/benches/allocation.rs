@@ -102,7 +102,10 @@ async fn bench() {
         // the whole closing handshake.
         let _ = tokio::time::timeout(Duration::from_millis(5), endpoint.wait_idle()).await;
     }
-    report("a new connection per request (bind, handshake, allocate)", &mut fresh);
+    report(
+        "a new connection per request (bind, handshake, allocate)",
+        &mut fresh,
+    );
 
     let clients = 32;
     let per_client = 300;

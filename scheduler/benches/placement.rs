@@ -97,12 +97,11 @@ fn steady(nodes: usize, busy: f64) {
     let mut farm = farm(nodes, t0);
     let target = (nodes as f64 * f64::from(SLOTS) * busy) as usize;
     let mut in_flight: Vec<Assignment> = Vec::with_capacity(target + 1);
-    let place = |farm: &mut Farm, rng: &mut Rng, now: Instant| match farm
-        .allocate(now, &request(rng, 0))
-    {
-        Decision::Answer(AllocateResponse::Assigned(a)) => a,
-        other => panic!("unexpected {other:?}"),
-    };
+    let place =
+        |farm: &mut Farm, rng: &mut Rng, now: Instant| match farm.allocate(now, &request(rng, 0)) {
+            Decision::Answer(AllocateResponse::Assigned(a)) => a,
+            other => panic!("unexpected {other:?}"),
+        };
     for _ in 0..target.max(1) {
         let a = place(&mut farm, &mut rng, t0);
         in_flight.push(a);

@@ -404,6 +404,11 @@ impl Farm {
         self.waiters.len()
     }
 
+    /// Whether a request is still waiting for a slot.
+    pub fn is_waiting(&self, waiter: WaiterId) -> bool {
+        self.waiters.contains_key(&waiter)
+    }
+
     /// Decides where a job runs, or that it waits for a slot. See the module
     /// documentation.
     pub fn allocate(&mut self, now: Instant, request: &AllocateRequest) -> Decision {

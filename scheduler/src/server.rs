@@ -18,7 +18,7 @@
 //!
 //! An allocation that finds every slot busy waits in the farm's queue. Its
 //! task registers a oneshot sender next to the farm, under the same lock, and
-//! every release of that lock ([`FarmGuard`]'s drop) dispatches: whatever a
+//! every release of that lock (`FarmGuard`'s drop) dispatches: whatever a
 //! task changed, a slot that freed goes to the fairest waiter at once, and no
 //! grant can be made before its sender is in place. The waiting task holds
 //! no lock; it wakes on the grant, on its own deadline, or when its client's
@@ -152,6 +152,24 @@ impl FarmGuard<'_> {
     fn wait(&mut self, waiter: WaiterId, answer: oneshot::Sender<AllocateResponse>) {
         self.0.waiting.insert(waiter, answer);
     }
+
+    /// Takes a request out of the queue at its deadline, with its channel.
+    /// `None` if it was answered already (the answer is in its channel).
+    fn time_out_waiter(&mut self, waiter: WaiterId) -> Option<AllocateResponse> {
+        let response = self.0.farm.time_out(waiter)?;
+        self.0.waiting.remove(&waiter);
+        Some(response)
+    }
+
+    /// Takes a request whose client left out of the queue, with its channel.
+    /// False if it was answered already.
+    fn withdraw(&mut self, waiter: WaiterId) -> bool {
+        let withdrawn = self.0.farm.cancel(waiter);
+        if withdrawn {
+            self.0.waiting.remove(&waiter);
+        }
+        withdrawn
+    }
 }
 
 impl Deref for FarmGuard<'_> {
@@ -190,6 +208,12 @@ impl Drop for FarmGuard<'_> {
                 }
             }
         }
+        // Every channel belongs to a request still in the queue; one left
+        // behind would be a leak.
+        debug_assert!(
+            booking.waiting.keys().all(|w| booking.farm.is_waiting(*w)),
+            "a channel outlived its queued request"
+        );
     }
 }
 
@@ -609,7 +633,7 @@ impl Queued<'_> {
         let response = tokio::select! {
             granted = &mut *wake => granted.ok(),
             () = tokio::time::sleep_until(deadline.into()) => {
-                let timed_out = self.shared.farm().time_out(self.waiter);
+                let timed_out = self.shared.farm().time_out_waiter(self.waiter);
                 // `None`: it was answered just before the deadline, and the
                 // answer is already in the channel.
                 timed_out.or_else(|| wake.try_recv().ok())
@@ -630,9 +654,9 @@ impl Drop for Queued<'_> {
             return;
         };
         let mut farm = self.shared.farm();
-        if farm.cancel(self.waiter) {
-            farm.0.waiting.remove(&self.waiter);
-        } else if let Ok(AllocateResponse::Assigned(a)) = wake.try_recv() {
+        if !farm.withdraw(self.waiter)
+            && let Ok(AllocateResponse::Assigned(a)) = wake.try_recv()
+        {
             farm.release(a.job);
         }
     }

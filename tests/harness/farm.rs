@@ -2,7 +2,6 @@
 //! environment that points a cargo build at them.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -77,8 +76,13 @@ impl Daemon {
         label: &str,
         stderr_log: PathBuf,
     ) -> (Daemon, mpsc::Receiver<String>) {
-        let log = File::create(&stderr_log)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", stderr_log.display()));
+        // Appending keeps the log of an earlier run of the same daemon (a
+        // scheduler killed and restarted by a test) for the failure report.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_log)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", stderr_log.display()));
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -338,10 +342,12 @@ impl Node {
             .arg("--work-dir")
             .arg(&work_dir)
             .arg("--name")
-            .arg(name)
-            .arg("--slots")
-            .arg("2")
-            .args(extra_args);
+            .arg(name);
+        // Two slots unless the test chose its own number.
+        if !extra_args.iter().any(|a| a.starts_with("--slots")) {
+            command.arg("--slots").arg("2");
+        }
+        command.args(extra_args);
         (command, dir.join(format!("node-{name}.log")))
     }
 

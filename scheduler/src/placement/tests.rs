@@ -336,3 +336,34 @@ fn a_burst_fills_toolchain_holders_to_half_then_spreads() {
     assert!(running[0] > running[2], "{running:?}");
     assert_eq!(running.iter().sum::<u32>(), 20);
 }
+
+#[test]
+fn the_worked_example_in_the_docs_holds() {
+    // docs/PLACEMENT.md, "Worked example".
+    let policy = Policy::default();
+    let a = with_speed(
+        holding(with_load(node(1, 8, 6), report(8, 6, 800, 650))),
+        1.2,
+    );
+    let b = with_load(node(2, 16, 4), report(16, 4, 750, 1200));
+    let c = holding(with_load(
+        node(3, 4, 0),
+        NodeLoad {
+            mem_available: 300 << 20,
+            ..report(4, 0, 0, 0)
+        },
+    ));
+    let d = with_speed(holding(node(4, 8, 8)), 1.5);
+    let score = |c: &Candidate| match assess(&policy, c) {
+        Standing::Open(s) => s,
+        other => panic!("{other:?}"),
+    };
+    assert!((score(&a) - 0.2887).abs() < 1e-3, "{}", score(&a));
+    assert!((score(&b) - 0.2344).abs() < 1e-3, "{}", score(&b));
+    assert_eq!(assess(&policy, &c), Standing::Ineligible);
+    assert_eq!(assess(&policy, &d), Standing::Full);
+    assert_eq!(choose(&policy, [a, b, c, d]), Choice::Place(NodeId(1)));
+    let a7 = Candidate { running: 7, ..a };
+    assert!((score(&a7) - 0.1444).abs() < 1e-3, "{}", score(&a7));
+    assert_eq!(choose(&policy, [a7, b, c, d]), Choice::Place(NodeId(2)));
+}

@@ -331,15 +331,21 @@ async fn shutdown_closes_node_connections_and_returns() {
     assert!(r.recv_opt::<u8>().await.is_err());
 }
 
-/// A scheduler whose queue holds requests for `queue_timeout`, with a
-/// stored toolchain and one registered node with one slot whose only slot
-/// is taken. Returns the scheduler, a client connection, the toolchain, the
-/// node's connection (which must stay open) and control stream, and the job
-/// holding the slot.
-async fn full_farm(
-    state: &std::path::Path,
-    queue_timeout: Duration,
-) -> (Running, Connection, ToolchainId, Connection, FrameWriter, JobId) {
+/// A scheduler with a stored toolchain and one node whose only slot is
+/// taken.
+struct FullFarm {
+    scheduler: Running,
+    client: Connection,
+    toolchain: ToolchainId,
+    /// The node's connection, which must stay open for it to stay a member.
+    _node: Connection,
+    control: FrameWriter,
+    /// The job holding the slot.
+    first: JobId,
+}
+
+/// Starts a [`FullFarm`] whose queue holds requests for `queue_timeout`.
+async fn full_farm(state: &std::path::Path, queue_timeout: Duration) -> FullFarm {
     let mut config = SchedulerConfig::new(state);
     config.farm.queue_timeout = queue_timeout;
     let scheduler = start_with(config);
@@ -357,14 +363,27 @@ async fn full_farm(
     let AllocateResponse::Assigned(first) = answer else {
         panic!("expected an assignment, got {answer:?}");
     };
-    (scheduler, client, id, node, control, first.job)
+    FullFarm {
+        scheduler,
+        client,
+        toolchain: id,
+        _node: node,
+        control,
+        first: first.job,
+    }
 }
 
 #[tokio::test]
 async fn a_request_waits_for_a_busy_slot_and_gets_it_when_it_frees() {
     let state = tempfile::tempdir().unwrap();
-    let (scheduler, client, id, _node, mut control, first) =
-        full_farm(state.path(), Duration::from_secs(30)).await;
+    let FullFarm {
+        scheduler,
+        client,
+        toolchain: id,
+        _node,
+        mut control,
+        first,
+    } = full_farm(state.path(), Duration::from_secs(30)).await;
 
     let waiting = {
         let conn = dial(scheduler.addr).await;
@@ -408,7 +427,16 @@ async fn a_request_waits_for_a_busy_slot_and_gets_it_when_it_frees() {
 async fn a_request_that_waits_too_long_runs_locally() {
     let state = tempfile::tempdir().unwrap();
     let timeout = Duration::from_millis(300);
-    let (scheduler, client, id, _node, _control, _first) = full_farm(state.path(), timeout).await;
+    // The node's connection and control stream must stay open: dropping
+    // either would make the node leave at once.
+    let FullFarm {
+        scheduler,
+        client,
+        toolchain: id,
+        _node,
+        control: _control,
+        ..
+    } = full_farm(state.path(), timeout).await;
 
     let asked = Instant::now();
     let answer: AllocateResponse = ask(&client, &allocate_request(id)).await;
@@ -416,7 +444,11 @@ async fn a_request_that_waits_too_long_runs_locally() {
         answer,
         AllocateResponse::RunLocally(RunLocallyReason::NoFreeSlot)
     );
-    assert!(asked.elapsed() >= timeout, "answered after {:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() >= timeout,
+        "answered after {:?}",
+        asked.elapsed()
+    );
     let status: FarmStatus = ask(&client, &SchedulerRequest::Status).await;
     assert_eq!(status.waiting, 0);
     assert_eq!((status.totals.queued, status.totals.run_locally), (1, 1));
@@ -428,8 +460,14 @@ async fn a_request_that_waits_too_long_runs_locally() {
 #[tokio::test]
 async fn a_client_that_leaves_while_waiting_gets_no_slot() {
     let state = tempfile::tempdir().unwrap();
-    let (scheduler, client, id, _node, mut control, first) =
-        full_farm(state.path(), Duration::from_secs(30)).await;
+    let FullFarm {
+        scheduler,
+        client,
+        toolchain: id,
+        _node,
+        mut control,
+        first,
+    } = full_farm(state.path(), Duration::from_secs(30)).await;
 
     let leaving = dial(scheduler.addr).await;
     let (mut w, _r) = open_stream(&leaving).await.unwrap();
@@ -502,7 +540,10 @@ async fn load_reports_show_in_the_status_and_keep_jobs_off_short_nodes() {
     })
     .await;
     let answer: AllocateResponse = ask(&client, &allocate_request(id)).await;
-    assert!(matches!(answer, AllocateResponse::Assigned(_)), "{answer:?}");
+    assert!(
+        matches!(answer, AllocateResponse::Assigned(_)),
+        "{answer:?}"
+    );
 
     client.close(0u32.into(), b"done");
     scheduler.shut_down().await;
