@@ -13,7 +13,7 @@ use std::io::{self, BufWriter, Read, Take, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use distcc_rs_proto::{Digest, ToolchainId};
 
@@ -22,14 +22,18 @@ use crate::hashing::{HashingWriter, digest_of};
 use crate::manifest::{BUNDLE_FORMAT, BUNDLE_MANIFEST_PATH, BundleFile, BundleManifest};
 use crate::toolchain::{self, ToolchainInfo};
 
-/// How to compress a bundle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What to pack and how to compress it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackOptions {
     /// zstd level. 3 packs the ~440 MiB toolchain in seconds; 19 saves about
     /// a fifth but takes minutes (research: rustc-mechanics §7).
     pub level: i32,
     /// Compression and hashing threads; 0 means all cores.
     pub threads: u32,
+    /// Targets whose standard library to bundle besides the host's, which
+    /// is always included. Each must be installed in the sysroot
+    /// (`rustup target add`).
+    pub targets: Vec<String>,
 }
 
 impl Default for PackOptions {
@@ -37,6 +41,7 @@ impl Default for PackOptions {
         PackOptions {
             level: 3,
             threads: 0,
+            targets: Vec::new(),
         }
     }
 }
@@ -45,7 +50,7 @@ impl PackOptions {
     /// The thread count to use, resolving 0 to the number of cores. Never 0,
     /// because zstd's single-threaded mode writes different (though equally
     /// valid) frames than its multithreaded mode, which would change the bytes.
-    fn effective_threads(&self) -> u32 {
+    pub fn effective_threads(&self) -> u32 {
         match self.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             n => n,
@@ -79,6 +84,20 @@ struct Stamped {
     executable: bool,
 }
 
+/// The stages of packing, reported to a watcher as they end, so a person
+/// running the packer by hand sees where the seconds go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PackProgress {
+    /// The files are chosen; hashing them starts.
+    Selected {
+        files: usize,
+        bytes: u64,
+        targets: Vec<String>,
+    },
+    /// Every file is hashed; writing the compressed archive starts.
+    Hashed { elapsed: Duration },
+}
+
 /// Packs the toolchain described by `info` into `<out_dir>/<id hex>.tar.zst`,
 /// written atomically (a temporary file in `out_dir`, then a rename).
 pub fn create(
@@ -86,9 +105,28 @@ pub fn create(
     opts: &PackOptions,
     out_dir: &Path,
 ) -> Result<Bundle, PackError> {
+    create_with_progress(info, opts, out_dir, &mut |_| {})
+}
+
+/// [`create`], telling `progress` about each stage as it ends.
+pub fn create_with_progress(
+    info: &ToolchainInfo,
+    opts: &PackOptions,
+    out_dir: &Path,
+    progress: &mut dyn FnMut(PackProgress),
+) -> Result<Bundle, PackError> {
     let started = Instant::now();
     let threads = opts.effective_threads();
-    let selection = toolchain::select(info)?;
+    let selection = toolchain::select(info, &opts.targets)?;
+    let mut bytes = 0;
+    for src in selection.files.values() {
+        bytes += fs::metadata(src).map_err(PackError::io(src))?.len();
+    }
+    progress(PackProgress::Selected {
+        files: selection.files.len(),
+        bytes,
+        targets: toolchain::bundle_targets(&info.host, &opts.targets)?,
+    });
     let stamped = stamp_all(&selection.files, threads)?;
     let manifest = BundleManifest {
         format: BUNDLE_FORMAT,
@@ -108,6 +146,7 @@ pub fn create(
             .collect(),
     };
     let hashed = started.elapsed();
+    progress(PackProgress::Hashed { elapsed: hashed });
 
     fs::create_dir_all(out_dir).map_err(PackError::io(out_dir))?;
     let tmp = tempfile::Builder::new()
@@ -123,6 +162,11 @@ pub fn create(
         opts.level,
         threads,
     )?;
+    // tempfile creates the file as 0o600; a bundle holds nothing secret, and
+    // whoever serves it (a scheduler under its own user) must read it.
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(PackError::io(tmp.path()))?;
     // Without the sync, a crash soon after the rename can leave a truncated
     // file under a valid-looking name, which the cache would then trust.
     tmp.as_file()
@@ -341,6 +385,7 @@ mod tests {
             &PackOptions {
                 level: 3,
                 threads: 1,
+                ..PackOptions::default()
             },
             &dir.path().join("a"),
         )
@@ -350,6 +395,7 @@ mod tests {
             &PackOptions {
                 level: 3,
                 threads: 4,
+                ..PackOptions::default()
             },
             &dir.path().join("b"),
         )
@@ -362,6 +408,10 @@ mod tests {
             format!("{}.tar.zst", one.id)
         );
         assert_eq!(one.compressed_size, fs::metadata(&one.path).unwrap().len());
+        assert_eq!(
+            fs::metadata(&one.path).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
 
         // A different level changes the compressed bytes but not the id,
         // because the id names the uncompressed content.
@@ -370,6 +420,7 @@ mod tests {
             &PackOptions {
                 level: 1,
                 threads: 2,
+                ..PackOptions::default()
             },
             &dir.path().join("c"),
         )
@@ -382,6 +433,45 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn extra_targets_are_packed_and_progress_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = fake_sysroot(&dir.path().join("sysroot"));
+        let arm = "aarch64-unknown-linux-gnu";
+        let arm_lib = info.sysroot.join(format!("lib/rustlib/{arm}/lib"));
+        fs::create_dir_all(&arm_lib).unwrap();
+        fs::write(arm_lib.join("libstd-2.rlib"), [5u8; 300]).unwrap();
+
+        let mut stages = Vec::new();
+        let opts = PackOptions {
+            targets: vec![arm.to_owned()],
+            ..PackOptions::default()
+        };
+        let bundle =
+            create_with_progress(&info, &opts, dir.path(), &mut |p| stages.push(p)).unwrap();
+        assert_eq!(
+            bundle.manifest.targets(),
+            [arm, crate::toolchain::tests::FAKE_HOST]
+        );
+        assert!(bundle.manifest.has_std(arm));
+        let raw = bundle.manifest.total_size();
+        assert!(
+            matches!(
+                &stages[..],
+                [
+                    PackProgress::Selected { files: 8, bytes, targets },
+                    PackProgress::Hashed { .. },
+                ] if *bytes == raw && targets == &[arm, crate::toolchain::tests::FAKE_HOST]
+            ),
+            "{stages:?}"
+        );
+
+        // A host-only bundle of the same sysroot is a different bundle.
+        let host_only = create(&info, &PackOptions::default(), dir.path()).unwrap();
+        assert_ne!(host_only.id, bundle.id);
+        assert!(!host_only.manifest.has_std(arm));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use distcc_rs_proto::ToolchainId;
+use distcc_rs_proto::{Digest, ToolchainId};
 
 /// Everything that can go wrong while detecting, packing, caching, verifying
 /// or unpacking a toolchain bundle.
@@ -35,6 +35,26 @@ pub enum PackError {
     #[error("reading the bundle stream: {0}")]
     Stream(#[source] io::Error),
 
+    /// Decompressing or reading the bundle stream failed in the middle of an
+    /// entry. The entry is named because a corrupt byte in the compressed
+    /// stream usually surfaces here, and "which file" is the first question
+    /// a person debugging a damaged bundle asks.
+    #[error("reading {entry} from the bundle stream: {source}")]
+    EntryStream {
+        entry: String,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A file's content does not hash to the digest the manifest lists for
+    /// it, so the bundle (or the packer that wrote it) is damaged.
+    #[error("{path}: content does not match the manifest (expected {expected}, got {actual})")]
+    FileMismatch {
+        path: String,
+        expected: Digest,
+        actual: Digest,
+    },
+
     /// The bundle's content hash is not the id it was announced under.
     #[error("bundle content hash mismatch: expected {expected}, got {actual}")]
     HashMismatch {
@@ -54,6 +74,22 @@ pub enum PackError {
     /// A file that every toolchain must have is absent from the sysroot.
     #[error("toolchain file missing: {0}")]
     MissingFile(PathBuf),
+
+    /// A requested target is not a plain target triple (a custom target
+    /// specification file, or a name with path separators).
+    #[error("{0:?} is not a target triple")]
+    InvalidTarget(String),
+
+    /// The standard library of a requested target is not in the sysroot.
+    #[error(
+        "the standard library for {target} is not installed in {sysroot} \
+         (install it with `rustup target add {target}`)"
+    )]
+    TargetNotInstalled { target: String, sysroot: PathBuf },
+
+    /// The bundled rustc could not compile the smoke-test crate.
+    #[error("smoke test for {target} failed: {message}")]
+    SmokeTest { target: String, message: String },
 
     /// `unpack` refuses to merge into or replace an existing directory.
     #[error("unpack destination already exists: {0}")]

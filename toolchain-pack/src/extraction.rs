@@ -1,19 +1,23 @@
 //! Verifying and unpacking bundles on a node. A bundle arrives from the
 //! scheduler, which got it from some client, so it is untrusted until its
 //! content hash matches the id the job names, and every entry path is checked
-//! before anything is written, whatever the hash says.
+//! before anything is written, whatever the hash says. Every file's content
+//! is also checked against the digest the manifest lists for it: the id only
+//! proves that the bundle is the one the client packed, not that the packer
+//! told the truth, and a node trusts the manifest as a description of the
+//! directory it unpacked.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{BufReader, Read};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use distcc_rs_proto::ToolchainId;
+use distcc_rs_proto::{Digest, ToolchainId};
 
 use crate::error::PackError;
-use crate::hashing::HashingReader;
-use crate::manifest::{BUNDLE_MANIFEST_PATH, BundleManifest};
+use crate::hashing::{HashingReader, digest_of};
+use crate::manifest::{BUNDLE_MANIFEST_PATH, BundleFile, BundleManifest};
 
 /// A real manifest is a few tens of KiB; the cap keeps a hostile header from
 /// making us allocate gigabytes before the hash could reject it.
@@ -22,8 +26,9 @@ const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 /// Unpacks a compressed bundle read from `reader` into `dest`, which must not
 /// exist yet. The content goes into a temporary sibling directory first and
 /// is renamed into place only once the BLAKE3 of the uncompressed tar stream
-/// equals `expected` and every entry passed the path checks, so a mismatch or
-/// a malformed archive leaves nothing at `dest`.
+/// equals `expected`, every entry passed the path checks and every file
+/// matched its manifest line, so a mismatch or a malformed archive leaves
+/// nothing at `dest`.
 pub fn unpack(
     reader: impl Read,
     dest: &Path,
@@ -57,8 +62,41 @@ pub fn unpack(
     Ok(manifest)
 }
 
-/// Checks a compressed bundle file's content hash, manifest and entry paths
-/// without writing anything.
+/// The outcome of [`verify_contents`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// The bundle's id: the expected one, which it matched, or the computed
+    /// one when none was expected.
+    pub id: ToolchainId,
+    pub manifest: BundleManifest,
+    /// Size of the bundle file.
+    pub compressed_size: u64,
+    /// Files checked against the manifest (every file the bundle holds).
+    pub files: usize,
+    /// Their total size, uncompressed.
+    pub bytes: u64,
+}
+
+/// Checks a compressed bundle file without writing anything: its content
+/// hash against `expected` (when given; otherwise the hash is computed and
+/// returned), its manifest, its entry paths, and every file against the size,
+/// mode and digest its manifest lists. The error names the file at fault
+/// when there is one.
+pub fn verify_contents(path: &Path, expected: Option<ToolchainId>) -> Result<Verified, PackError> {
+    let file = File::open(path).map_err(PackError::io(path))?;
+    let compressed_size = file.metadata().map_err(PackError::io(path))?.len();
+    let (manifest, id) = scan(file, expected, None)?;
+    Ok(Verified {
+        id,
+        compressed_size,
+        files: manifest.files.len(),
+        bytes: manifest.total_size(),
+        manifest,
+    })
+}
+
+/// Checks a compressed bundle file's content hash, manifest, entry paths and
+/// file contents without writing anything.
 pub fn verify_file(path: &Path, expected: ToolchainId) -> Result<BundleManifest, PackError> {
     let file = File::open(path).map_err(PackError::io(path))?;
     scan(file, Some(expected), None).map(|(manifest, _)| manifest)
@@ -105,18 +143,55 @@ fn scan(
             .map_err(PackError::Stream)?;
         let manifest = read_manifest(first, root)?;
         seen.insert(PathBuf::from(BUNDLE_MANIFEST_PATH), Kind::File(0));
+        let listed: BTreeMap<&Path, &BundleFile> = manifest
+            .files
+            .iter()
+            .map(|f| (Path::new(f.path.as_str()), f))
+            .collect();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut previous = PathBuf::from(BUNDLE_MANIFEST_PATH);
         for entry in entries {
-            let mut entry = entry.map_err(PackError::Stream)?;
+            let mut entry = entry.map_err(|source| PackError::EntryStream {
+                entry: format!("the entry after {}", previous.display()),
+                source,
+            })?;
             let path = check_entry(&entry, &mut seen)?;
-            if let Some(root) = root {
-                let target = root.join(&path);
-                let inside = entry.unpack_in(root).map_err(PackError::io(&target))?;
-                // Our own checks are stricter than the tar crate's, so it
-                // skipping an entry means the two disagree: refuse.
-                if !inside {
-                    return Err(PackError::UnsafePath(path.display().to_string()));
+            match seen[&path] {
+                Kind::File(size) => {
+                    let file = listed.get(path.as_path()).copied();
+                    check_file_header(&path, size, &entry, file)?;
+                    let digest = copy_file(&mut entry, &path, root, &mut buf)?;
+                    if let Some(file) = file
+                        && file.digest != digest
+                    {
+                        return Err(PackError::FileMismatch {
+                            path: file.path.clone(),
+                            expected: file.digest,
+                            actual: digest,
+                        });
+                    }
+                }
+                Kind::Dir => {
+                    if let Some(root) = root {
+                        let target = root.join(&path);
+                        fs::create_dir_all(&target).map_err(PackError::io(&target))?;
+                        fs::set_permissions(&target, fs::Permissions::from_mode(0o755))
+                            .map_err(PackError::io(&target))?;
+                    }
+                }
+                Kind::Link => {
+                    if let Some(root) = root {
+                        let target = root.join(&path);
+                        let inside = entry.unpack_in(root).map_err(PackError::io(&target))?;
+                        // Our own checks are stricter than the tar crate's,
+                        // so it skipping an entry means the two disagree.
+                        if !inside {
+                            return Err(PackError::UnsafePath(path.display().to_string()));
+                        }
+                    }
                 }
             }
+            previous = path;
         }
         manifest
     };
@@ -132,6 +207,92 @@ fn scan(
     }
     check_listing(&manifest, &seen)?;
     Ok((manifest, actual))
+}
+
+/// Checks a regular file's header against its manifest line before its
+/// content is read, so a size or mode that disagrees is reported by name.
+fn check_file_header<R: Read>(
+    path: &Path,
+    size: u64,
+    entry: &tar::Entry<'_, R>,
+    listed: Option<&BundleFile>,
+) -> Result<(), PackError> {
+    // Files the manifest does not list are reported once the whole archive
+    // is read (`check_listing`), together with files it lacks.
+    let Some(listed) = listed else {
+        return Ok(());
+    };
+    if size != listed.size {
+        return Err(PackError::Malformed(format!(
+            "{} has {size} bytes, the manifest says {}",
+            path.display(),
+            listed.size
+        )));
+    }
+    if is_executable(entry) != listed.executable {
+        return Err(PackError::Malformed(format!(
+            "{} is {}executable, the manifest says otherwise",
+            path.display(),
+            if listed.executable { "not " } else { "" }
+        )));
+    }
+    Ok(())
+}
+
+fn is_executable<R: Read>(entry: &tar::Entry<'_, R>) -> bool {
+    entry.header().mode().is_ok_and(|m| m & 0o111 != 0)
+}
+
+/// Reads a regular file's content from the archive, writing it under `root`
+/// when one is given, and returns its BLAKE3 digest. The file is written by
+/// hand rather than by the tar crate so that its content is hashed on the
+/// way, and its mode is normalised to 0o755 or 0o644 whatever the header
+/// says (and whatever the umask), so the sandbox's user can read it and
+/// nobody else can write it.
+fn copy_file<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    path: &Path,
+    root: Option<&Path>,
+    buf: &mut [u8],
+) -> Result<Digest, PackError> {
+    let mut out = match root {
+        Some(root) => {
+            let target = root.join(path);
+            if let Some(parent) = target.parent() {
+                // Safe: `check_entry` refused any entry beneath a link or a
+                // file, so every existing ancestor is a real directory that
+                // this unpack created.
+                fs::create_dir_all(parent).map_err(PackError::io(parent))?;
+            }
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&target)
+                .map_err(PackError::io(&target))?;
+            Some((file, target))
+        }
+        None => None,
+    };
+    let mut hasher = blake3::Hasher::new();
+    loop {
+        let n = entry.read(buf).map_err(|source| PackError::EntryStream {
+            entry: path.display().to_string(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if let Some((file, target)) = &mut out {
+            file.write_all(&buf[..n]).map_err(PackError::io(&*target))?;
+        }
+    }
+    if let Some((file, target)) = out {
+        let mode = if is_executable(entry) { 0o755 } else { 0o644 };
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(PackError::io(&target))?;
+    }
+    Ok(digest_of(&hasher))
 }
 
 /// Reads and parses the first entry, which must be the manifest, and writes
@@ -372,6 +533,172 @@ mod tests {
         longer.extend_from_slice(b"garbage");
         assert!(unpack(&longer[..], &dest, bundle.id).is_err());
         assert_no_leftovers(&nodes, 0);
+    }
+
+    /// Pseudo-random bytes (xorshift), which zstd cannot compress and so
+    /// stores verbatim: a run of them can be found, and a byte flipped, in
+    /// the compressed stream.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    const NOISE_FILE: &str = "lib/rustlib/x86_64-unknown-linux-gnu/lib/libnoise-1.rlib";
+
+    #[test]
+    fn flipped_byte_in_the_compressed_stream_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = fake_sysroot(&dir.path().join("sysroot"));
+        let content = noise(64 << 10);
+        fs::write(info.sysroot.join(NOISE_FILE), &content).unwrap();
+        let bundle = create(&info, &PackOptions::default(), &dir.path().join("out")).unwrap();
+
+        let good = verify_contents(&bundle.path, Some(bundle.id)).unwrap();
+        assert_eq!(good.id, bundle.id);
+        assert_eq!(good.manifest, bundle.manifest);
+        assert_eq!(good.files, 8);
+        assert_eq!(good.bytes, bundle.manifest.total_size());
+        assert_eq!(good.compressed_size, bundle.compressed_size);
+        assert_eq!(verify_contents(&bundle.path, None).unwrap(), good);
+
+        // Flip one bit inside the noise where it sits in the compressed
+        // stream. The frame checksum would only catch it at the very end;
+        // the file's digest catches it first, by name.
+        let mut bytes = fs::read(&bundle.path).unwrap();
+        let window = &content[30_000..30_032];
+        let at = bytes
+            .windows(window.len())
+            .position(|w| w == window)
+            .expect("random content is stored verbatim");
+        bytes[at + 16] ^= 0x01;
+        let copy = dir
+            .path()
+            .join("copy")
+            .join(format!("{}.tar.zst", bundle.id));
+        fs::create_dir(copy.parent().unwrap()).unwrap();
+        fs::write(&copy, &bytes).unwrap();
+        for expected in [Some(bundle.id), None] {
+            match verify_contents(&copy, expected) {
+                Err(PackError::FileMismatch { path, expected, .. }) => {
+                    assert_eq!(path, NOISE_FILE);
+                    assert_eq!(expected, Digest(*blake3::hash(&content).as_bytes()));
+                }
+                other => panic!("expected a mismatch naming {NOISE_FILE}, got {other:?}"),
+            }
+        }
+        let dest = dir.path().join("nodes/tc");
+        let err = unpack(&bytes[..], &dest, bundle.id).unwrap_err();
+        assert!(err.to_string().contains(NOISE_FILE), "{err}");
+        assert!(!dest.exists());
+    }
+
+    /// Rewrites a bundle entry by entry, letting `edit` change any entry's
+    /// header or content (sizes are fixed up), and returns the new
+    /// compressed bundle and its true id: a bundle whose hash is right but
+    /// whose content disagrees with its (unchanged) manifest.
+    fn rewrite(
+        bundle: &Path,
+        mut edit: impl FnMut(&str, &mut tar::Header, &mut Vec<u8>),
+    ) -> (Vec<u8>, ToolchainId) {
+        let raw = zstd::decode_all(File::open(bundle).unwrap()).unwrap();
+        let mut archive = tar::Archive::new(&raw[..]);
+        let mut out = tar::Builder::new(Vec::new());
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_str().unwrap().to_owned();
+            let mut header = entry.header().clone();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            edit(&path, &mut header, &mut data);
+            header.set_size(data.len() as u64);
+            header.set_cksum();
+            out.append(&header, &data[..]).unwrap();
+        }
+        let raw = out.into_inner().unwrap();
+        let id = ToolchainId(Digest(*blake3::hash(&raw).as_bytes()));
+        (zstd::encode_all(&raw[..], 3).unwrap(), id)
+    }
+
+    #[test]
+    fn file_that_disagrees_with_the_manifest_is_named_despite_a_matching_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = fake_bundle(dir.path());
+        let driver = "lib/librustc_driver-0123.so";
+        let listed = bundle
+            .manifest
+            .files
+            .iter()
+            .find(|f| f.path == driver)
+            .unwrap()
+            .clone();
+        let dest = dir.path().join("nodes/tc");
+
+        // The repacking itself changes nothing: the same bytes verify.
+        let (same, same_id) = rewrite(&bundle.path, |_, _, _| {});
+        assert_eq!(same_id, bundle.id);
+        assert_eq!(
+            scan(&same[..], Some(bundle.id), None).unwrap().0,
+            bundle.manifest
+        );
+
+        // One flipped byte inside the driver, same size, same manifest.
+        let (bytes, id) = rewrite(&bundle.path, |path, _, data| {
+            if path == driver {
+                data[100] ^= 0x20;
+            }
+        });
+        assert_ne!(id, bundle.id);
+        let copy = dir.path().join(format!("{id}.tar.zst"));
+        fs::write(&copy, &bytes).unwrap();
+        let err = verify_contents(&copy, Some(id)).unwrap_err();
+        match &err {
+            PackError::FileMismatch {
+                path,
+                expected,
+                actual,
+            } => {
+                assert_eq!(path, driver);
+                assert_eq!(*expected, listed.digest);
+                assert_ne!(actual, expected);
+            }
+            other => panic!("expected a mismatch naming the driver, got {other}"),
+        }
+        assert!(err.to_string().starts_with(driver), "{err}");
+        assert!(matches!(
+            unpack(&bytes[..], &dest, id),
+            Err(PackError::FileMismatch { .. })
+        ));
+        assert!(!dest.exists());
+
+        // A longer file, or one whose executable bit disagrees, is named too.
+        let (bytes, id) = rewrite(&bundle.path, |path, _, data| {
+            if path == driver {
+                data.push(0);
+            }
+        });
+        let err = scan(&bytes[..], Some(id), None).unwrap_err();
+        assert!(
+            matches!(&err, PackError::Malformed(m) if m.contains(driver) && m.contains("bytes")),
+            "{err}"
+        );
+        let (bytes, id) = rewrite(&bundle.path, |path, header, _| {
+            if path == "bin/rustc" {
+                header.set_mode(0o644);
+            }
+        });
+        let err = scan(&bytes[..], Some(id), None).unwrap_err();
+        assert!(
+            matches!(&err, PackError::Malformed(m) if m.contains("bin/rustc") && m.contains("executable")),
+            "{err}"
+        );
+        assert_no_leftovers(&dir.path().join("nodes"), 0);
     }
 
     fn verify_file_bytes(bytes: &[u8], id: ToolchainId) -> Result<BundleManifest, PackError> {

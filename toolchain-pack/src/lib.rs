@@ -1,17 +1,21 @@
 //! Hermetic, content-addressed rustc toolchain bundles.
 //!
-//! The client packs its own rustc (compiler, driver, LLVM, the host target's
-//! standard library, and the system libraries and dynamic loader they link
-//! against) into a reproducible `.tar.zst` named by the BLAKE3 of its
-//! uncompressed tar stream. Nodes without any Rust install verify and unpack
-//! it, then start rustc through the bundled loader:
+//! The client packs its own rustc (compiler, driver, LLVM, the standard
+//! library of the host and of any extra targets, and the system libraries
+//! and dynamic loader they link against) into a reproducible `.tar.zst`
+//! named by the BLAKE3 of its uncompressed tar stream ([`create`],
+//! [`ensure_cached`]; [`gc`] cleans that cache). Nodes without any Rust
+//! install verify and unpack it ([`unpack`] checks the hash and every file
+//! against the manifest), then start rustc through the bundled loader
+//! ([`rustc_command`]):
 //!
 //! ```text
 //! <dir>/<interpreter> --library-path <dir>/lib:<dir>/sys <dir>/bin/rustc …
 //! ```
 //!
 //! rustc finds its sysroot (the unpack directory) by itself, so no
-//! environment is needed.
+//! environment is needed. [`smoke_test`] runs an unpacked bundle's rustc on
+//! a tiny crate for each of its targets, under a caller-chosen sandbox.
 
 mod bundle;
 mod cache;
@@ -20,14 +24,21 @@ mod extraction;
 mod hashing;
 mod ldd;
 mod manifest;
+mod smoke;
 mod toolchain;
 
-pub use bundle::{Bundle, PackOptions, create};
-pub use cache::ensure_cached;
+pub use bundle::{Bundle, PackOptions, PackProgress, create, create_with_progress};
+pub use cache::{
+    CacheEntry, CacheFile, CacheListing, CachedBundle, EntryState, GcReport, Removal,
+    RemovalReason, ensure_cached, gc, list_cache,
+};
 pub use error::PackError;
-pub use extraction::{identify_file, unpack, verify_file};
+pub use extraction::{Verified, identify_file, unpack, verify_contents, verify_file};
 pub use manifest::{BUNDLE_FORMAT, BUNDLE_MANIFEST_PATH, BundleFile, BundleManifest};
-pub use toolchain::{ToolchainInfo, detect, locate_sysroot};
+pub use smoke::{
+    SMOKE_TIMEOUT, SmokeReport, TargetCheck, bwrap_launcher, rustc_command, smoke_test,
+};
+pub use toolchain::{ToolchainInfo, bundle_targets, detect, find_program, locate_sysroot};
 
 #[cfg(test)]
 mod tests {
@@ -141,21 +152,70 @@ mod tests {
             fs::canonicalize(printed).unwrap(),
             fs::canonicalize(&root).unwrap()
         );
+
+        // The smoke test passes bare and, where bubblewrap is installed,
+        // inside the sandbox that shows it nothing but the bundle.
+        let smoke = dir.path().join("smoke");
+        fs::create_dir(&smoke).unwrap();
+        let report = smoke_test(&root, &manifest, &smoke, &[]).unwrap();
+        assert_eq!(report.version, m.version_line());
+        assert_eq!(report.targets.len(), 1);
+        assert!(report.targets[0].std);
+        match find_program(Path::new("bwrap")) {
+            Some(bwrap) => {
+                let sandboxed = dir.path().join("sandboxed");
+                fs::create_dir(&sandboxed).unwrap();
+                let launcher = bwrap_launcher(&bwrap, &root, &sandboxed);
+                let started = Instant::now();
+                smoke_test(&root, &manifest, &sandboxed, &launcher).unwrap();
+                eprintln!("sandboxed smoke test in {:.2?}", started.elapsed());
+                // The sandbox really hides the host: the host's own rustc
+                // cannot be started inside it.
+                let mut hidden = launcher.clone();
+                hidden.push(host_rustc_binary().into());
+                let status = Command::new(&hidden[0])
+                    .args(&hidden[1..])
+                    .arg("-V")
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(!status.success(), "the host's rustc ran in the sandbox");
+            }
+            None => eprintln!("bwrap not installed: skipping the sandboxed smoke test"),
+        }
+
+        // Packing again, on one thread instead of all, gives the same bytes:
+        // the acceptance check at full size, where zstd splits the stream
+        // into many jobs.
+        let started = Instant::now();
+        let info = detect(&host_rustc()).unwrap();
+        let single = PackOptions {
+            threads: 1,
+            ..PackOptions::default()
+        };
+        let again = create(&info, &single, &dir.path().join("again")).unwrap();
+        eprintln!("packed again on one thread in {:.2?}", started.elapsed());
+        assert_eq!(again.id, bundle.id);
+        assert_eq!(again.compressed_size, bundle.compressed_size);
+        assert_eq!(file_digest(&again.path), file_digest(&bundle.path));
+    }
+
+    /// The real compiler binary of the host toolchain (not a rustup proxy).
+    fn host_rustc_binary() -> PathBuf {
+        detect(&host_rustc()).unwrap().sysroot.join("bin/rustc")
+    }
+
+    fn file_digest(path: &Path) -> blake3::Hash {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(File::open(path).unwrap()).unwrap();
+        hasher.finalize()
     }
 
     /// A command that starts the bundled rustc the way a node does.
     fn bundled_rustc(root: &Path, manifest: &BundleManifest) -> Command {
-        let library_path = manifest
-            .library_path
-            .iter()
-            .map(|d| root.join(d).display().to_string())
-            .collect::<Vec<_>>()
-            .join(":");
-        let mut cmd = Command::new(root.join(&manifest.interpreter));
-        cmd.env_clear()
-            .arg("--library-path")
-            .arg(library_path)
-            .arg(root.join(&manifest.rustc));
+        let argv = rustc_command(root, manifest);
+        let mut cmd = Command::new(&argv[0]);
+        cmd.env_clear().args(&argv[1..]);
         cmd
     }
 }

@@ -1,23 +1,30 @@
-//! `distcc-rs-pack`: create, inspect and unpack toolchain bundles by hand.
-//! The client and the node use the library directly; this binary is for
-//! people preparing, debugging or pre-seeding a farm.
+//! `distcc-rs-pack`: create, inspect, verify and unpack toolchain bundles by
+//! hand, and clean the client's bundle cache. The client and the node use
+//! the library directly; this binary is for people preparing, debugging or
+//! pre-seeding a farm.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
-use distcc_rs_pack::{BundleManifest, PackOptions};
+use distcc_rs_pack::{BundleManifest, EntryState, PackOptions, PackProgress};
 use distcc_rs_proto::ToolchainId;
 
-/// Builds, inspects and unpacks hermetic rustc toolchain bundles.
+/// Builds, inspects, verifies and unpacks hermetic rustc toolchain bundles.
 ///
 /// A bundle is a reproducible .tar.zst holding rustc, its driver and LLVM
-/// libraries, the host target's standard library and the system libraries
-/// and dynamic loader they need, so that a machine without Rust can run it.
-/// Bundles are named by the BLAKE3 hash of their uncompressed tar stream.
+/// libraries, the standard library of the host and of any extra targets,
+/// and the system libraries and dynamic loader they need, so that a machine
+/// without Rust can run it. Bundles are named by the BLAKE3 hash of their
+/// uncompressed tar stream (`<id>.tar.zst`), and packing the same toolchain
+/// twice gives the same bytes.
+///
+/// The client (`distcc-rs`) packs its toolchain by itself on first use and
+/// caches it; this tool is for packing by hand, checking a bundle before it
+/// is trusted, and cleaning that cache.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -28,6 +35,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Pack a local toolchain into <OUT>/<ID>.tar.zst.
+    ///
+    /// Takes bin/rustc, librustc_driver, libLLVM, the whole
+    /// lib/rustlib/<target>/lib of the host and of each --target, and the
+    /// shared libraries `ldd` reports for rustc and its libraries (with the
+    /// dynamic loader), so the bundle runs on a node without Rust and with
+    /// another glibc. The linker, docs and other tools stay out: linking
+    /// happens on the client. Progress goes to stderr, the summary to
+    /// stdout.
     Create {
         /// The rustc whose toolchain to pack; rustup proxies are resolved by
         /// asking rustc for its sysroot.
@@ -36,8 +51,16 @@ enum Command {
         /// Directory to write the bundle into.
         #[arg(long, default_value = ".")]
         out: PathBuf,
-        /// zstd compression level (1-22). 3 takes seconds; 19 is about 20%
-        /// smaller and takes minutes.
+        /// Also bundle the standard library of this target, so that nodes
+        /// can compile library crates for it (repeat for several). The
+        /// host's is always bundled. The target must be installed:
+        /// `rustup target add <TARGET>`.
+        #[arg(long = "target", value_name = "TARGET")]
+        targets: Vec<String>,
+        /// zstd compression level, 1-22. The default, 3, packs a toolchain
+        /// in seconds; 19 is about 20% smaller and takes minutes. The level
+        /// changes the file's bytes, never the bundle id, which names the
+        /// uncompressed content.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=22))]
         level: i32,
         /// Compression threads; 0 uses every core. The output bytes do not
@@ -45,15 +68,51 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: u32,
     },
-    /// Verify a bundle's hash and print a summary of its manifest.
+    /// Check a bundle's hash and files and print a summary of its manifest.
     ///
     /// The expected id is the file name without `.tar.zst`. If the name is
-    /// not an id, the computed id is printed instead.
+    /// not an id, the computed id is printed instead. Nothing is unpacked or
+    /// run; `verify` does that.
     Inspect {
         /// The bundle file.
         bundle: PathBuf,
     },
+    /// Check a bundle completely and run its rustc on a tiny crate.
+    ///
+    /// Checks the bundle's hash against its id, every entry path, and every
+    /// file's size, mode and BLAKE3 digest against the manifest, naming the
+    /// file at fault; then unpacks it into a scratch directory and runs the
+    /// bundled rustc there (`rustc -vV`, then a small library crate for
+    /// each target the bundle holds) with an empty environment, inside a
+    /// bubblewrap sandbox: fresh namespaces and no network, only the
+    /// bundle (read-only) and a work directory visible. Exits non-zero on
+    /// any failure. Nothing is left behind.
+    Verify {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// Expected bundle id; defaults to the file name without `.tar.zst`,
+        /// and to the computed id when the name is not an id.
+        #[arg(long)]
+        id: Option<ToolchainId>,
+        /// Only check the hash and files; do not unpack or run anything.
+        #[arg(long)]
+        no_run: bool,
+        /// Run the bundled rustc without a sandbox, for machines without
+        /// bubblewrap. Only do this with bundles you trust.
+        #[arg(long, conflicts_with = "no_run")]
+        no_sandbox: bool,
+        /// The bubblewrap binary.
+        #[arg(long, default_value = "bwrap")]
+        bwrap: PathBuf,
+        /// Where to unpack the bundle for the run (about three times the
+        /// bundle's size); removed afterwards.
+        #[arg(long, value_name = "DIR")]
+        scratch: Option<PathBuf>,
+    },
     /// Verify a bundle and unpack it into a new directory.
+    ///
+    /// The checks are those of `verify --no-run`; nothing appears at DEST
+    /// unless all pass.
     Unpack {
         /// The bundle file.
         bundle: PathBuf,
@@ -63,6 +122,59 @@ enum Command {
         #[arg(long)]
         id: Option<ToolchainId>,
     },
+    /// List the client's bundle cache and whether each entry is current.
+    ///
+    /// An entry is current while the toolchain it was packed from is
+    /// installed and unchanged and its bundle is present.
+    Cache {
+        #[command(flatten)]
+        cache: CacheDir,
+    },
+    /// Remove what the client's bundle cache no longer needs.
+    ///
+    /// Removes index entries whose toolchain is gone or changed (e.g. by
+    /// `rustup update`), whose bundle is missing or that cannot be read;
+    /// bundles that no current entry uses; and temporary files of killed
+    /// packers. Current entries and their bundles stay. Holds the cache's
+    /// pack lock, so it waits for, and never races, a client that is
+    /// packing.
+    Gc {
+        #[command(flatten)]
+        cache: CacheDir,
+        /// Only print what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct CacheDir {
+    /// The client's cache directory; bundles are in its `toolchains`
+    /// subdirectory. Defaults as the client's does: $DISTCC_RS_CACHE_DIR,
+    /// else $XDG_CACHE_HOME/distcc-rs, else ~/.cache/distcc-rs (empty
+    /// variables count as unset).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+impl CacheDir {
+    /// The directory `ensure_cached` is given: `<cache dir>/toolchains`.
+    fn bundle_cache(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(default_cache_dir)
+            .join("toolchains")
+    }
+}
+
+/// The client's cache directory, by the client's rule (client/src/config.rs).
+fn default_cache_dir() -> PathBuf {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    var("DISTCC_RS_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("distcc-rs")))
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache/distcc-rs")))
+        .unwrap_or_else(|| std::env::temp_dir().join("distcc-rs"))
 }
 
 fn main() -> ExitCode {
@@ -104,11 +216,33 @@ fn run(cli: Cli) -> Result<()> {
         Command::Create {
             rustc,
             out,
+            targets,
             level,
             threads,
-        } => create(&rustc, &out, PackOptions { level, threads }),
+        } => create(
+            &rustc,
+            &out,
+            PackOptions {
+                level,
+                threads,
+                targets,
+            },
+        ),
         Command::Inspect { bundle } => inspect(&bundle),
+        Command::Verify {
+            bundle,
+            id,
+            no_run,
+            no_sandbox,
+            bwrap,
+            scratch,
+        } => {
+            let sandbox = (!no_sandbox).then_some(bwrap);
+            verify(&bundle, id, no_run, sandbox, scratch)
+        }
         Command::Unpack { bundle, dest, id } => unpack(&bundle, &dest, id),
+        Command::Cache { cache } => list_cache(&cache.bundle_cache()),
+        Command::Gc { cache, dry_run } => gc(&cache.bundle_cache(), dry_run),
     }
 }
 
@@ -116,44 +250,76 @@ fn create(rustc: &Path, out: &Path, opts: PackOptions) -> Result<()> {
     let started = Instant::now();
     let info = distcc_rs_pack::detect(rustc)
         .with_context(|| format!("asking {} about its toolchain", rustc.display()))?;
-    let bundle = distcc_rs_pack::create(&info, &opts, out)
+    let version = info.version_verbose.lines().next().unwrap_or_default();
+    eprintln!("packing {version} from {}", info.sysroot.display());
+    let threads = opts.effective_threads();
+    let mut hashing_secs = 0.0;
+    let mut progress = |stage: PackProgress| match stage {
+        PackProgress::Selected {
+            files,
+            bytes,
+            targets,
+        } => {
+            eprintln!(
+                "selected {files} files, {} (targets: {})",
+                mib(bytes),
+                targets.join(", ")
+            );
+        }
+        PackProgress::Hashed { elapsed } => {
+            hashing_secs = elapsed.as_secs_f64();
+            eprintln!(
+                "hashed in {hashing_secs:.2} s; compressing with zstd level {} on {threads} threads",
+                opts.level
+            );
+        }
+    };
+    let bundle = distcc_rs_pack::create_with_progress(&info, &opts, out, &mut progress)
         .with_context(|| format!("packing the toolchain at {}", info.sysroot.display()))?;
-    let elapsed = started.elapsed();
-    let raw = bundle.manifest.total_size();
+    let elapsed = started.elapsed().as_secs_f64();
+    let m = &bundle.manifest;
+    let raw = m.total_size();
     println!("id:         {}", bundle.id);
     println!("path:       {}", bundle.path.display());
-    println!("toolchain:  {}", bundle.manifest.version_line());
-    println!("files:      {}", bundle.manifest.files.len());
-    println!("raw size:   {}", mib(raw));
+    println!("toolchain:  {}", m.version_line());
+    println!("commit:     {}", m.commit_hash().unwrap_or("unknown"));
+    println!("host:       {}", m.host);
+    println!("targets:    {}", m.targets().join(" "));
+    println!("files:      {}", m.files.len());
+    println!("raw size:   {} ({raw} bytes)", mib(raw));
     println!(
-        "compressed: {} ({:.1}%)",
+        "compressed: {} ({} bytes, {:.1}% of raw)",
         mib(bundle.compressed_size),
+        bundle.compressed_size,
         100.0 * bundle.compressed_size as f64 / raw.max(1) as f64
     );
-    println!("time:       {:.2} s", elapsed.as_secs_f64());
+    println!("level:      {}", opts.level);
+    println!(
+        "time:       {elapsed:.2} s (hashing {hashing_secs:.2} s, compressing {:.2} s)",
+        (elapsed - hashing_secs).max(0.0)
+    );
     Ok(())
 }
 
 fn inspect(path: &Path) -> Result<()> {
-    let context = || format!("verifying {}", path.display());
-    match id_from_name(path) {
-        Some(id) => {
-            let manifest = distcc_rs_pack::verify_file(path, id).with_context(context)?;
-            print_summary(&manifest);
-            println!("id:        {id} (verified)");
-        }
-        None => {
-            let (manifest, id) = distcc_rs_pack::identify_file(path).with_context(context)?;
-            print_summary(&manifest);
-            println!("id:        {id} (computed; the file name is not an id)");
-        }
-    }
+    let v = distcc_rs_pack::verify_contents(path, id_from_name(path))
+        .with_context(|| format!("verifying {}", path.display()))?;
+    print_summary(&v.manifest);
+    let how = if id_from_name(path).is_some() {
+        "verified"
+    } else {
+        "computed; the file name is not an id"
+    };
+    println!("id:        {} ({how})", v.id);
     Ok(())
 }
 
 fn print_summary(m: &BundleManifest) {
     println!("toolchain: {}", m.version_line());
+    println!("release:   {}", m.release().unwrap_or("unknown"));
+    println!("commit:    {}", m.commit_hash().unwrap_or("unknown"));
     println!("host:      {}", m.host);
+    println!("targets:   {}", m.targets().join(" "));
     println!("format:    {}", m.format);
     println!(
         "start:     {} --library-path {} {}",
@@ -167,6 +333,114 @@ fn print_summary(m: &BundleManifest) {
     );
     println!("files:     {}", m.files.len());
     println!("size:      {}", mib(m.total_size()));
+}
+
+fn verify(
+    bundle: &Path,
+    id: Option<ToolchainId>,
+    no_run: bool,
+    bwrap: Option<PathBuf>,
+    scratch: Option<PathBuf>,
+) -> Result<()> {
+    let context = || format!("verifying {}", bundle.display());
+    let expected = id.or_else(|| id_from_name(bundle));
+    let started = Instant::now();
+    if no_run {
+        let v = distcc_rs_pack::verify_contents(bundle, expected).with_context(context)?;
+        print_summary(&v.manifest);
+        println!(
+            "checked:   {} files, {}, and the bundle hash in {:.2} s",
+            v.files,
+            mib(v.bytes),
+            started.elapsed().as_secs_f64()
+        );
+        println!("id:        {}", v.id);
+        return Ok(());
+    }
+    // Look for the sandbox first, so that a missing one fails at once
+    // rather than after a long unpack.
+    let bwrap = match bwrap {
+        None => None,
+        Some(name) => Some(distcc_rs_pack::find_program(&name).ok_or_else(|| {
+            anyhow!(
+                "bubblewrap ({}) is not installed, so the bundled rustc cannot be run in a \
+                 sandbox; install it (e.g. `apt install bubblewrap`), pass --no-sandbox to run \
+                 it unsandboxed, or --no-run to only check the files",
+                name.display()
+            )
+        })?),
+    };
+    // Without an expected id, one pass computes it and a second unpacks
+    // against it; with one, the unpack alone checks everything.
+    let expected = match expected {
+        Some(id) => id,
+        None => {
+            distcc_rs_pack::verify_contents(bundle, None)
+                .with_context(context)?
+                .id
+        }
+    };
+    let scratch_dir = scratch.unwrap_or_else(std::env::temp_dir);
+    let scratch = tempfile::Builder::new()
+        .prefix("distcc-rs-pack-verify-")
+        .tempdir_in(&scratch_dir)
+        .with_context(|| format!("creating a scratch directory in {}", scratch_dir.display()))?;
+    let root = scratch.path().join("toolchain");
+    let work = scratch.path().join("work");
+    fs::create_dir(&work).with_context(|| format!("creating {}", work.display()))?;
+    let file = File::open(bundle).with_context(|| format!("opening {}", bundle.display()))?;
+    let manifest = distcc_rs_pack::unpack(file, &root, expected).with_context(context)?;
+    print_summary(&manifest);
+    println!(
+        "checked:   {} files, {}, and the bundle hash; unpacked in {:.2} s",
+        manifest.files.len(),
+        mib(manifest.total_size()),
+        started.elapsed().as_secs_f64()
+    );
+    println!("id:        {expected}");
+
+    let launcher = match &bwrap {
+        Some(bwrap) => distcc_rs_pack::bwrap_launcher(bwrap, &root, &work),
+        None => {
+            eprintln!("warning: running the bundled rustc without a sandbox (--no-sandbox)");
+            Vec::new()
+        }
+    };
+    let report = match distcc_rs_pack::smoke_test(&root, &manifest, &work, &launcher) {
+        Ok(report) => report,
+        Err(e) => {
+            let err =
+                anyhow::Error::new(e).context(format!("running the rustc of {}", bundle.display()));
+            if bwrap.is_none() {
+                return Err(err);
+            }
+            // bubblewrap failing (no user namespaces in a container, say)
+            // looks like rustc failing; say what to try.
+            bail!(
+                "{} (if bubblewrap itself failed, --no-sandbox runs a bundle you trust without it)",
+                describe(&err)
+            );
+        }
+    };
+    for check in &report.targets {
+        println!(
+            "compiled:  {} crate for {} in {:.2} s{}",
+            if check.std { "a std" } else { "a no_std" },
+            check.target,
+            check.elapsed.as_secs_f64(),
+            if bwrap.is_some() {
+                " (sandboxed)"
+            } else {
+                " (no sandbox)"
+            }
+        );
+    }
+    println!(
+        "ok:        {} verified in {:.2} s",
+        bundle.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn unpack(bundle: &Path, dest: &Path, id: Option<ToolchainId>) -> Result<()> {
@@ -185,6 +459,73 @@ fn unpack(bundle: &Path, dest: &Path, id: Option<ToolchainId>) -> Result<()> {
         "unpacked:  {} in {:.2} s",
         dest.display(),
         started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn list_cache(dir: &Path) -> Result<()> {
+    let listing = distcc_rs_pack::list_cache(dir)
+        .with_context(|| format!("listing the bundle cache {}", dir.display()))?;
+    println!("cache: {}", dir.display());
+    if listing.entries.is_empty() && listing.bundles.is_empty() {
+        println!("(empty)");
+    }
+    for e in &listing.entries {
+        let id = e.id.map_or_else(|| "?".to_owned(), |id| id.0.short());
+        println!(
+            "entry  {id}  {}  [{}]  {}  ({})",
+            e.version.as_deref().unwrap_or("?"),
+            e.targets.join(" "),
+            e.sysroot
+                .as_deref()
+                .map_or_else(|| "?".into(), |p| p.display().to_string()),
+            e.state
+        );
+    }
+    for b in &listing.bundles {
+        println!(
+            "bundle {}  {}  ({})",
+            b.id.0.short(),
+            mib(b.file.bytes),
+            if b.in_use { "in use" } else { "unused" }
+        );
+    }
+    for t in &listing.temporaries {
+        println!("temp   {}  {}", t.path.display(), mib(t.bytes));
+    }
+    let stale = listing
+        .entries
+        .iter()
+        .filter(|e| e.state != EntryState::Current)
+        .count();
+    let unused = listing.bundles.iter().filter(|b| !b.in_use).count();
+    if stale + unused + listing.temporaries.len() > 0 {
+        println!("run `distcc-rs-pack gc` to remove what is not current or in use");
+    }
+    Ok(())
+}
+
+fn gc(dir: &Path, dry_run: bool) -> Result<()> {
+    let report = distcc_rs_pack::gc(dir, dry_run)
+        .with_context(|| format!("cleaning the bundle cache {}", dir.display()))?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for r in &report.removed {
+        println!(
+            "{verb} {} ({}): {}",
+            r.file.path.display(),
+            mib(r.file.bytes),
+            r.reason
+        );
+    }
+    println!(
+        "{} {} files, {} freed{}; kept {} current entries and {} bundles ({})",
+        verb,
+        report.removed.len(),
+        mib(report.freed),
+        if dry_run { " (dry run)" } else { "" },
+        report.kept_entries,
+        report.kept_bundles,
+        mib(report.kept_bytes)
     );
     Ok(())
 }

@@ -63,6 +63,57 @@ impl BundleManifest {
         self.rustc_version.lines().next().unwrap_or_default()
     }
 
+    /// A `key: value` field of the stored `rustc -vV` output, e.g.
+    /// `commit-hash` or `release`.
+    pub fn version_field(&self, key: &str) -> Option<&str> {
+        self.rustc_version.lines().find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            (k.trim() == key).then(|| v.trim())
+        })
+    }
+
+    /// The rustc release, e.g. `1.95.0`, from the stored `rustc -vV`.
+    pub fn release(&self) -> Option<&str> {
+        self.version_field("release")
+    }
+
+    /// The commit rustc was built from, from the stored `rustc -vV`
+    /// (`unknown` for some distribution builds).
+    pub fn commit_hash(&self) -> Option<&str> {
+        self.version_field("commit-hash")
+    }
+
+    /// The targets whose standard library the bundle holds, sorted. They are
+    /// read from the file list (`lib/rustlib/<target>/lib/…`) rather than
+    /// stored beside it, so they cannot disagree with what is in the bundle.
+    pub fn targets(&self) -> Vec<&str> {
+        let mut targets: Vec<&str> = self
+            .files
+            .iter()
+            .filter_map(|f| {
+                let rest = f.path.strip_prefix("lib/rustlib/")?;
+                let (target, rest) = rest.split_once('/')?;
+                rest.starts_with("lib/").then_some(target)
+            })
+            .collect();
+        // Packers write the list sorted, but a manifest from elsewhere need
+        // not be.
+        targets.sort_unstable();
+        targets.dedup();
+        targets
+    }
+
+    /// Whether the bundle holds the full standard library (`std`) for
+    /// `target`, rather than only `core` and `alloc` as `no_std` targets do.
+    pub fn has_std(&self, target: &str) -> bool {
+        let dir = format!("lib/rustlib/{target}/lib/");
+        self.files.iter().any(|f| {
+            f.path
+                .strip_prefix(&dir)
+                .is_some_and(|name| name.starts_with("libstd-") && name.ends_with(".rlib"))
+        })
+    }
+
     /// Parses a manifest and checks that the paths a node will use to start
     /// rustc are safe relative paths that the manifest itself lists, so a node
     /// can join them onto the unpack directory without further checks.
@@ -182,6 +233,46 @@ mod tests {
         assert_eq!(BundleManifest::from_json(&json).unwrap(), m);
         assert_eq!(m.total_size(), 8);
         assert_eq!(m.version_line(), "rustc 1.95.0 (abc 2026-01-01)");
+        assert_eq!(m.release(), None);
+    }
+
+    #[test]
+    fn version_fields_and_targets_come_from_the_manifest() {
+        let mut m = sample();
+        m.rustc_version = "rustc 1.95.0 (59807616e 2026-04-14)\nbinary: rustc\n\
+            commit-hash: 59807616e1fa2540724bfbac14d7976d7e4a3860\n\
+            commit-date: 2026-04-14\nhost: x86_64-unknown-linux-gnu\n\
+            release: 1.95.0\nLLVM version: 22.1.2\n"
+            .into();
+        assert_eq!(m.release(), Some("1.95.0"));
+        assert_eq!(
+            m.commit_hash(),
+            Some("59807616e1fa2540724bfbac14d7976d7e4a3860")
+        );
+        assert_eq!(m.version_field("LLVM version"), Some("22.1.2"));
+        assert_eq!(m.targets(), Vec::<&str>::new());
+
+        let file = |path: &str| BundleFile {
+            path: path.into(),
+            size: 1,
+            digest: Digest([1; 32]),
+            executable: false,
+        };
+        m.files.extend([
+            file("lib/rustlib/thumbv7em-none-eabi/lib/libcore-1.rlib"),
+            file("lib/rustlib/x86_64-unknown-linux-gnu/lib/libcore-2.rlib"),
+            file("lib/rustlib/x86_64-unknown-linux-gnu/lib/libstd-2.rlib"),
+            file("lib/rustlib/x86_64-unknown-linux-gnu/lib/self-contained/crt1.o"),
+            // Not a standard library directory: not a target.
+            file("lib/rustlib/x86_64-unknown-linux-musl/bin/rust-lld"),
+        ]);
+        assert_eq!(
+            m.targets(),
+            ["thumbv7em-none-eabi", "x86_64-unknown-linux-gnu"]
+        );
+        assert!(m.has_std("x86_64-unknown-linux-gnu"));
+        assert!(!m.has_std("thumbv7em-none-eabi"));
+        assert!(!m.has_std("x86_64-unknown-linux-musl"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The local toolchain: asking rustc about itself, and choosing which of its
-//! files go into a bundle. Only what an rlib compile for the host needs is
-//! taken (research: rustc-mechanics §7); linking stays on the client, so the
-//! self-contained linker, docs and other targets are left out.
+//! files go into a bundle. Only what an rlib compile needs is taken
+//! (research: rustc-mechanics §7): the compiler, and the standard library of
+//! the host and of any extra targets asked for. Linking stays on the client,
+//! so the self-contained linker, docs and unrequested targets are left out.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -77,6 +78,19 @@ fn sysroot_from_location(rustc: &Path) -> Option<PathBuf> {
     let root = bin.parent()?;
     let has_driver = driver_libraries(root).is_ok_and(|d| !d.is_empty());
     (root.join("lib/rustlib").is_dir() && has_driver).then(|| root.to_owned())
+}
+
+/// Finds a program the way the shell would: a path with a slash is taken as
+/// it is (if it is an executable file), a bare name is looked up in `$PATH`.
+/// Used to find `bwrap` before promising a sandbox.
+pub fn find_program(name: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if name.components().count() > 1 {
+        let executable =
+            fs::metadata(name).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        return executable.then(|| name.to_owned());
+    }
+    search_path(name.as_os_str())
 }
 
 /// Looks a bare command name up in `$PATH` the way the shell would.
@@ -155,8 +169,42 @@ pub(crate) struct Selection {
     pub library_path: Vec<String>,
 }
 
-/// Chooses the bundle contents for `info`'s sysroot.
-pub(crate) fn select(info: &ToolchainInfo) -> Result<Selection, PackError> {
+/// The targets a bundle holds the standard library of: the host's, always,
+/// plus `extra`, sorted and without duplicates. The host's is never left
+/// out: proc-macros are built for the host, and a cross compile that uses
+/// one still makes rustc load it together with the host's standard library.
+pub fn bundle_targets(host: &str, extra: &[String]) -> Result<Vec<String>, PackError> {
+    let mut targets = vec![host.to_owned()];
+    for target in extra {
+        check_target_name(target)?;
+        targets.push(target.clone());
+    }
+    targets.sort();
+    targets.dedup();
+    Ok(targets)
+}
+
+/// Accepts target triples such as `x86_64-unknown-linux-gnu` or
+/// `wasm32-wasip1`. A target becomes a directory name under
+/// `lib/rustlib/`, so anything that could step out of that directory, and
+/// custom target specification files (`foo.json` paths), are refused.
+fn check_target_name(target: &str) -> Result<(), PackError> {
+    let plain = target
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if target.is_empty() || !plain || target.starts_with('.') || target.ends_with(".json") {
+        return Err(PackError::InvalidTarget(target.to_owned()));
+    }
+    Ok(())
+}
+
+/// Chooses the bundle contents for `info`'s sysroot: the compiler and the
+/// standard library of the host and of every target in `extra_targets`.
+pub(crate) fn select(
+    info: &ToolchainInfo,
+    extra_targets: &[String],
+) -> Result<Selection, PackError> {
+    let targets = bundle_targets(&info.host, extra_targets)?;
     let sysroot = fs::canonicalize(&info.sysroot).map_err(PackError::io(&info.sysroot))?;
     let mut files = BTreeMap::new();
 
@@ -182,12 +230,20 @@ pub(crate) fn select(info: &ToolchainInfo) -> Result<Selection, PackError> {
         ));
     }
 
-    let target_lib = format!("lib/rustlib/{}/lib", info.host);
-    let target_dir = sysroot.join(&target_lib);
-    if !target_dir.is_dir() {
-        return Err(PackError::MissingFile(target_dir));
+    // The whole `lib` directory of each target: rlibs and rmetas, plus
+    // whatever else rustup put there (self-contained startup objects), which
+    // is small next to the libraries.
+    for target in &targets {
+        let target_lib = format!("lib/rustlib/{target}/lib");
+        let target_dir = sysroot.join(&target_lib);
+        if !target_dir.is_dir() {
+            return Err(PackError::TargetNotInstalled {
+                target: target.clone(),
+                sysroot: sysroot.clone(),
+            });
+        }
+        walk(&target_dir, &target_lib, &mut files)?;
     }
-    walk(&target_dir, &target_lib, &mut files)?;
 
     let mut interpreter = String::new();
     let mut system = BTreeMap::new();
@@ -299,7 +355,7 @@ pub(crate) mod tests {
     fn selection_takes_only_what_rlib_compiles_need() {
         let dir = tempfile::tempdir().unwrap();
         let info = fake_sysroot(dir.path());
-        let sel = select(&info).unwrap();
+        let sel = select(&info, &[]).unwrap();
         let names: Vec<&str> = sel.files.keys().map(String::as_str).collect();
         assert_eq!(
             names,
@@ -334,6 +390,85 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let info = fake_sysroot(dir.path());
         fs::remove_file(dir.path().join("lib/librustc_driver-0123.so")).unwrap();
-        assert!(matches!(select(&info), Err(PackError::MissingFile(_))));
+        assert!(matches!(select(&info, &[]), Err(PackError::MissingFile(_))));
+    }
+
+    #[test]
+    fn extra_targets_add_their_standard_library() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = fake_sysroot(dir.path());
+        let arm = "aarch64-unknown-linux-gnu";
+        let arm_lib = dir.path().join(format!("lib/rustlib/{arm}/lib"));
+        fs::create_dir_all(&arm_lib).unwrap();
+        fs::write(arm_lib.join("libstd-2.rlib"), b"arm std").unwrap();
+        fs::write(arm_lib.join("libcore-2.rmeta"), b"arm core").unwrap();
+        let arm_bin = dir.path().join(format!("lib/rustlib/{arm}/bin"));
+        fs::create_dir_all(&arm_bin).unwrap();
+        fs::write(arm_bin.join("rust-lld"), b"lld").unwrap();
+
+        // Naming the host again, or a target twice, changes nothing.
+        let extra = [arm.to_owned(), FAKE_HOST.to_owned(), arm.to_owned()];
+        let sel = select(&info, &extra).unwrap();
+        let arm_files: Vec<&str> = sel
+            .files
+            .keys()
+            .map(String::as_str)
+            .filter(|k| k.contains(arm))
+            .collect();
+        assert_eq!(
+            arm_files,
+            [
+                "lib/rustlib/aarch64-unknown-linux-gnu/lib/libcore-2.rmeta",
+                "lib/rustlib/aarch64-unknown-linux-gnu/lib/libstd-2.rlib",
+            ]
+        );
+        // The host's standard library stays in.
+        assert!(
+            sel.files
+                .contains_key("lib/rustlib/x86_64-unknown-linux-gnu/lib/libstd-1.rlib")
+        );
+        assert_eq!(bundle_targets(FAKE_HOST, &extra).unwrap(), [arm, FAKE_HOST]);
+    }
+
+    #[test]
+    fn missing_or_malformed_target_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = fake_sysroot(dir.path());
+        let err = select(&info, &["wasm32-unknown-unknown".to_owned()]).unwrap_err();
+        match &err {
+            PackError::TargetNotInstalled { target, sysroot } => {
+                assert_eq!(target, "wasm32-unknown-unknown");
+                assert_eq!(sysroot, &info.sysroot);
+            }
+            other => panic!("expected TargetNotInstalled, got {other}"),
+        }
+        assert!(
+            err.to_string()
+                .contains("rustup target add wasm32-unknown-unknown"),
+            "{err}"
+        );
+
+        // A sysroot whose host standard library is missing names the host.
+        fs::remove_dir_all(dir.path().join(format!("lib/rustlib/{FAKE_HOST}/lib"))).unwrap();
+        assert!(matches!(
+            select(&info, &[]),
+            Err(PackError::TargetNotInstalled { target, .. }) if target == FAKE_HOST
+        ));
+
+        for bad in [
+            "",
+            "../x86_64-unknown-linux-gnu",
+            "a/b",
+            ".hidden",
+            "my-target.json",
+        ] {
+            assert!(
+                matches!(
+                    select(&info, &[bad.to_owned()]),
+                    Err(PackError::InvalidTarget(t)) if t == bad
+                ),
+                "{bad:?} accepted"
+            );
+        }
     }
 }
