@@ -215,6 +215,20 @@ pub fn summarize(events: &[Event]) -> String {
         count(Placement::Local),
         count(Placement::Fallback)
     );
+    // Grouped, so that a person sees at once why compiles stayed here: the
+    // per-crate table above says it once per crate.
+    for (placement, heading) in [
+        (Placement::Local, "local by choice"),
+        (Placement::Fallback, "fell back to local"),
+    ] {
+        let grouped = reasons(&compiles, placement);
+        if !grouped.is_empty() {
+            let _ = writeln!(out, "{heading}, by reason:");
+            for (reason, n) in grouped {
+                let _ = writeln!(out, "  {n:>5}  {reason}");
+            }
+        }
+    }
     let hit = |p: Placement| {
         compiles
             .iter()
@@ -240,6 +254,21 @@ pub fn summarize(events: &[Event]) -> String {
         human_bytes(received)
     );
     out
+}
+
+/// The reasons of the compiles with `placement`, each with how many
+/// compiles gave it, the most frequent first.
+fn reasons(compiles: &[&Event], placement: Placement) -> Vec<(String, usize)> {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for e in compiles.iter().filter(|e| e.placement == placement) {
+        *counts
+            .entry(e.reason.as_deref().unwrap_or("no reason recorded"))
+            .or_default() += 1;
+    }
+    let mut grouped: Vec<(String, usize)> =
+        counts.into_iter().map(|(r, n)| (r.to_owned(), n)).collect();
+    grouped.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    grouped
 }
 
 /// A byte count for people: `512 B`, `3.4 KiB`, `12.3 MiB`, `1.5 GiB`.
@@ -342,6 +371,53 @@ mod summary_tests {
         );
         assert!(s.contains("on n2 (failed on n1)"), "{s}");
         assert!(s.contains("node n3: lost (failed on n1, n2, n3)"), "{s}");
+    }
+
+    #[test]
+    fn summary_groups_the_reasons_for_compiling_locally() {
+        let events = vec![
+            ev(
+                "app",
+                Placement::Local,
+                None,
+                Some("crate type `bin` is built locally"),
+            ),
+            ev(
+                "cli",
+                Placement::Local,
+                None,
+                Some("crate type `bin` is built locally"),
+            ),
+            ev(
+                "derive",
+                Placement::Local,
+                None,
+                Some("crate type `proc-macro` is built locally"),
+            ),
+            ev("serde", Placement::Remote, Some("n1"), None),
+            ev(
+                "regex",
+                Placement::Fallback,
+                None,
+                Some("node n3: connection lost"),
+            ),
+            ev("syn", Placement::Fallback, None, None),
+        ];
+        let s = summarize(&events);
+        assert!(
+            s.contains(
+                "local by choice, by reason:\n      2  crate type `bin` is built locally\n      1  crate type `proc-macro` is built locally\n"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "fell back to local, by reason:\n      1  no reason recorded\n      1  node n3: connection lost\n"
+            ),
+            "{s}"
+        );
+        let remote_only = summarize(&[ev("serde", Placement::Remote, Some("n1"), None)]);
+        assert!(!remote_only.contains("by reason"), "{remote_only}");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! * [`events`]: the per-invocation event log.
 //! * [`wrapper`]: the entry point tying these together.
 //! * [`status`]: `distcc-rs status`.
+//! * [`monitor`]: `distcc-rs monitor`, the live terminal view.
 //!
 //! Architecture invariant: the client never fails a build that local rustc
 //! would pass. Every farm error ends in [`local`], and the client prints
@@ -31,6 +32,7 @@ pub mod events;
 pub mod hashcache;
 pub mod inputs;
 pub mod local;
+pub mod monitor;
 pub mod outputs;
 pub mod package;
 pub mod remote;

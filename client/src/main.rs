@@ -51,6 +51,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Watches the farm live: each node's slots coloured by client, the
+    /// jobs in flight and the ones that ended, and the throughput. Keys: q
+    /// or Esc quits, arrows, PgUp/PgDn, Home and End scroll the job list.
+    Monitor {
+        /// The scheduler's address [default: as for `status`].
+        #[arg(long, conflicts_with = "simulate")]
+        scheduler: Option<SocketAddr>,
+        /// Show a simulated farm (no network), for demonstrations and
+        /// screenshots.
+        #[arg(long)]
+        simulate: bool,
+        /// The seed of the simulated farm: the same seed shows the same farm.
+        #[arg(long, default_value_t = 1, requires = "simulate")]
+        seed: u64,
+    },
     /// Summarises an event log (see DISTCC_RS_EVENTS): where each compile
     /// ran and why, and how many bytes went to and came from the farm.
     Stats {
@@ -66,7 +81,7 @@ fn main() -> ExitCode {
     // of our own subcommands or flags.
     let is_wrapper = args.get(1).is_some_and(|a| {
         let s = a.to_string_lossy();
-        !s.starts_with('-') && !matches!(s.as_ref(), "status" | "stats" | "help")
+        !s.starts_with('-') && !matches!(s.as_ref(), "status" | "monitor" | "stats" | "help")
     });
     if is_wrapper {
         init_logging();
@@ -102,6 +117,23 @@ fn cli(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", distcc_rs::status::render(scheduler, &status));
             }
+            Ok(())
+        }
+        Command::Monitor {
+            scheduler,
+            simulate,
+            seed,
+        } => {
+            let source = if simulate {
+                distcc_rs::monitor::Source::Simulated { seed }
+            } else {
+                let scheduler = match scheduler {
+                    Some(s) => s,
+                    None => find_scheduler(&ClientConfig::from_env())?,
+                };
+                distcc_rs::monitor::Source::Scheduler(scheduler)
+            };
+            distcc_rs::monitor::run(source)?;
             Ok(())
         }
         Command::Stats { events } => {

@@ -173,23 +173,83 @@ pub fn compile(
         }
         .into());
     }
-    let cache = config.cache_dir.join("toolchains");
-    let bundle = distcc_rs_pack::ensure_cached(&cache, rustc, &PackOptions::default())
-        .map_err(|e| FarmError::Toolchain(e.to_string()))?;
-    // The bundle holds the standard library of its host target only.
-    if let Some(target) = &job.target
-        && *target != bundle.manifest.host
-    {
-        return Err(FarmError::Toolchain(format!(
-            "the bundle has no standard library for target {target}"
-        ))
-        .into());
-    }
+    let bundle = toolchain_bundle(rustc, job, &config.cache_dir.join("toolchains"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| FarmError::Upload(format!("cannot start the async runtime: {e}")))?;
     rt.block_on(farm(rustc, args, job, scheduler, &bundle, config, traffic))
+}
+
+/// Which bundle a job needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BundleChoice {
+    /// The host-only bundle: the job compiles for the host.
+    Host,
+    /// A bundle that also holds this target's standard library: the job
+    /// cross-compiles to it (an rlib, so no linker is involved), and the
+    /// node's rustc finds the library under its sysroot, the bundle.
+    WithTarget(String),
+    /// The job cannot go to the farm, for this reason.
+    Unavailable(String),
+}
+
+/// Chooses the bundle for a job whose `--target` is `target` (`None` for
+/// the host), given the host of the toolchain and whether the local
+/// sysroot has a target's standard library installed (asked only for a
+/// target other than the host).
+fn choose_bundle(
+    target: Option<&str>,
+    host: &str,
+    installed: impl FnOnce(&str) -> bool,
+) -> BundleChoice {
+    match target {
+        None => BundleChoice::Host,
+        Some(t) if t == host => BundleChoice::Host,
+        Some(t) if installed(t) => BundleChoice::WithTarget(t.to_owned()),
+        Some(t) => BundleChoice::Unavailable(format!(
+            "the standard library of target {t} is not installed in the toolchain \
+             (rustup target add {t}), so it cannot be bundled"
+        )),
+    }
+}
+
+/// Whether the sysroot holds a target's libraries (`rustup target add`
+/// installs them into `lib/rustlib/<target>/lib`): the directory exists
+/// and holds at least one rlib. For `no_std` targets that is `core` and
+/// `alloc` only, which is all their crates load.
+fn target_installed(sysroot: &Path, target: &str) -> bool {
+    let dir = sysroot.join("lib/rustlib").join(target).join("lib");
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".rlib"))
+    })
+}
+
+/// The bundle for `job` from the client's cache, packed on first use: the
+/// host-only bundle, or for a cross-compile one that adds the target's
+/// standard library (a separate cache entry and bundle id; the host-only
+/// bundle still serves the build's host crates, build scripts and
+/// proc-macros).
+fn toolchain_bundle(rustc: &Path, job: &CompileJob, cache: &Path) -> Result<Bundle, FarmError> {
+    let toolchain = |e: distcc_rs_pack::PackError| FarmError::Toolchain(e.to_string());
+    let host =
+        distcc_rs_pack::ensure_cached(cache, rustc, &PackOptions::default()).map_err(toolchain)?;
+    let installed = |target: &str| {
+        distcc_rs_pack::locate_sysroot(rustc).is_ok_and(|s| target_installed(&s, target))
+    };
+    match choose_bundle(job.target.as_deref(), &host.manifest.host, installed) {
+        BundleChoice::Host => Ok(host),
+        BundleChoice::WithTarget(target) => {
+            let opts = PackOptions {
+                targets: vec![target],
+                ..PackOptions::default()
+            };
+            distcc_rs_pack::ensure_cached(cache, rustc, &opts).map_err(toolchain)
+        }
+        BundleChoice::Unavailable(reason) => Err(FarmError::Toolchain(reason)),
+    }
 }
 
 /// Finds, hashes and describes the job's inputs. Runs only once a node is
@@ -842,6 +902,49 @@ fn is_metadata_artifact(line: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cross_compile_needs_the_target_installed_and_a_bundle_with_it() {
+        const HOST: &str = "x86_64-unknown-linux-gnu";
+        let never = |_: &str| -> bool { panic!("asked about the sysroot for a host job") };
+        assert_eq!(choose_bundle(None, HOST, never), BundleChoice::Host);
+        assert_eq!(choose_bundle(Some(HOST), HOST, never), BundleChoice::Host);
+        assert_eq!(
+            choose_bundle(Some("aarch64-unknown-linux-gnu"), HOST, |t| t
+                == "aarch64-unknown-linux-gnu"),
+            BundleChoice::WithTarget("aarch64-unknown-linux-gnu".into())
+        );
+        let BundleChoice::Unavailable(reason) =
+            choose_bundle(Some("wasm32-wasip1"), HOST, |_| false)
+        else {
+            panic!("a target that is not installed cannot be bundled");
+        };
+        assert!(
+            reason.contains("rustup target add wasm32-wasip1"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_target_is_installed_when_its_lib_directory_holds_rlibs() {
+        let sysroot = tempfile::tempdir().unwrap();
+        let lib = |t: &str| sysroot.path().join("lib/rustlib").join(t).join("lib");
+        fs::create_dir_all(lib("thumbv7em-none-eabihf")).unwrap();
+        fs::write(
+            lib("thumbv7em-none-eabihf").join("libcore-0123.rlib"),
+            b"core",
+        )
+        .unwrap();
+        // A directory without libraries in it does not count.
+        fs::create_dir_all(lib("aarch64-unknown-linux-gnu")).unwrap();
+        fs::write(lib("aarch64-unknown-linux-gnu").join("README"), b"").unwrap();
+        assert!(target_installed(sysroot.path(), "thumbv7em-none-eabihf"));
+        assert!(!target_installed(
+            sysroot.path(),
+            "aarch64-unknown-linux-gnu"
+        ));
+        assert!(!target_installed(sysroot.path(), "wasm32-wasip1"));
+    }
 
     #[test]
     fn only_failures_of_the_node_are_retried_elsewhere() {

@@ -172,6 +172,59 @@ impl Mdns {
     }
 }
 
+/// After a resolution that carried only IPv6 addresses, how long
+/// [`find_scheduler`] waits for one that also carries IPv4 (the same
+/// service resolves more than once, with different subsets of its
+/// addresses, and IPv4 is the likelier to be routable).
+const IPV4_GRACE: Duration = Duration::from_millis(300);
+
+/// Browses on every interface for the scheduler of `farm` for at most
+/// `timeout` and returns the address to dial it at, preferring IPv4;
+/// `Ok(None)` when none answered. For tools run by hand (`distcc-rs-pack
+/// push`) that have no address configured. Must be called from within a
+/// tokio runtime.
+pub async fn find_scheduler(
+    farm: &str,
+    timeout: Duration,
+) -> Result<Option<SocketAddr>, DiscoveryError> {
+    let mdns = Mdns::start(std::net::Ipv6Addr::UNSPECIFIED.into())?;
+    let mut found = mdns.browse(Role::Scheduler, farm)?;
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    let mut best: Option<SocketAddr> = None;
+    // The caller binds its endpoint to the family of the address chosen
+    // here, so any family will do.
+    let any_family: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
+    loop {
+        let event = match tokio::time::timeout_at(deadline, found.recv()).await {
+            Ok(Some(event)) => event,
+            Ok(None) | Err(_) => break,
+        };
+        let Discovered::Found {
+            advert: Advert::Scheduler(_),
+            addrs,
+            ..
+        } = event
+        else {
+            continue;
+        };
+        let Some(addr) = discovery::dial_order(addrs, any_family).first().copied() else {
+            continue;
+        };
+        if addr.is_ipv4() {
+            best = Some(addr);
+            break;
+        }
+        if best.is_none() {
+            deadline = deadline.min(tokio::time::Instant::now() + IPV4_GRACE);
+        }
+        best = Some(addr);
+    }
+    // Dropping the daemon stops it; it advertised nothing, so there is
+    // nothing to withdraw.
+    drop(mdns);
+    Ok(best)
+}
+
 impl Drop for Mdns {
     fn drop(&mut self) {
         // Already shut down when `shutdown` ran; then this fails harmlessly.

@@ -255,6 +255,9 @@ async fn run_session(
     if let Some(tx) = lock(&shared.control.first_registration).take() {
         let _ = tx.send(peer);
     }
+    // A node that just joined is idle and may lack the toolchains the farm
+    // uses: the best moment to fetch them.
+    shared.prefetch_wake.notify_one();
     let mut tick = tokio::time::interval(LOAD_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -125,6 +125,14 @@ const INFRASTRUCTURE_MARKERS: &[&str] = &[
     "cannot open shared object file",
 ];
 
+/// Whether a farm failure's description says the dynamic loader could not
+/// load a library: on a node, where everything rustc loads comes from the
+/// toolchain bundle, that may mean the unpacked toolchain is damaged.
+pub fn is_loader_failure(why: &str) -> bool {
+    why.contains("error while loading shared libraries")
+        || why.contains("cannot open shared object file")
+}
+
 /// Whether rustc was asked for JSON diagnostics, which is how cargo always
 /// runs it. Build-script probes (`autocfg`, proc-macro2's feature probe)
 /// call rustc through the wrapper without it.

@@ -84,11 +84,28 @@ pub async fn serve(
     // against a slot: a refusal must tell it, or the slot stays taken until
     // the assignment expires.
     let limits = manifest::Limits::default();
+    let toolchain = req.ticket.toolchain;
     let refusal = match manifest::validate(&req, &limits) {
         Err(e) => Err(JobError::InvalidRequest(e.to_string())),
-        Ok(valid) => match shared.slots.clone().try_acquire_owned() {
-            Err(_) => Err(JobError::Busy),
-            Ok(permit) => Ok((valid, permit)),
+        Ok(valid) => match shared.toolchains.broken(toolchain) {
+            // Refused before the client sends any input. The scheduler was
+            // told when the toolchain broke, but may have placed this job
+            // before it heard, or forgotten since (a new copy was
+            // uploaded while the node still distrusts it): say it again.
+            Some(reason) => {
+                shared.report(NodeEvent::ToolchainRejected {
+                    id: toolchain,
+                    reason: reason.clone(),
+                });
+                Err(JobError::ToolchainUnavailable {
+                    id: toolchain,
+                    reason: format!("it failed verification on this node: {reason}"),
+                })
+            }
+            None => match shared.slots.clone().try_acquire_owned() {
+                Err(_) => Err(JobError::Busy),
+                Ok(permit) => Ok((valid, permit)),
+            },
         },
     };
     let (valid, _permit) = match refusal {
@@ -198,12 +215,13 @@ async fn run(
         drop(shared.store.evict_in_background());
     }
 
+    // The lease keeps the toolchain in the cache until rustc has exited.
     let toolchain = match toolchain.await {
         Ok(Ok(tc)) => tc,
-        Ok(Err(reason)) => {
+        Ok(Err(e)) => {
             return Err(RunError::Job(JobError::ToolchainUnavailable {
                 id: tc_id,
-                reason,
+                reason: e.to_string(),
             }));
         }
         Err(e) => return Err(io_err("toolchain task", e)),
@@ -231,8 +249,20 @@ async fn run(
         .map_err(|e| io_err("populating the job directory", e))??;
     w.send(&JobEvent::Running).await?;
     let code = compile(shared, job, &root.path, &toolchain, w).await;
-    // Only now may the job's inputs be evicted.
+    if let Err(RunError::Job(JobError::Sandbox(why))) = &code
+        && diagnostics::is_loader_failure(why)
+    {
+        // The toolchain's own libraries may be damaged on disk. Checking
+        // hashes 500 MB, so it runs on its own; a damaged copy is removed
+        // and the next job fetches it again.
+        let toolchains = shared.toolchains.clone();
+        drop(tokio::task::spawn_blocking(move || {
+            toolchains.check_damage(tc_id)
+        }));
+    }
+    // Only now may the job's inputs and toolchain be evicted.
     drop(lease);
+    drop(toolchain);
     code
 }
 

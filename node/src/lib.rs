@@ -7,7 +7,10 @@
 //! * [`diagnostics`]: reading rustc's stderr to tell compile errors from
 //!   farm failures (pure).
 //! * [`store`]: the content-addressed store of input blobs.
-//! * [`toolchains`]: fetching, verifying and unpacking toolchain bundles.
+//! * [`toolchains`]: the toolchain cache: leases, size limit, eviction.
+//! * [`fetch`]: downloading, verifying, unpacking and smoke-testing a
+//!   toolchain bundle.
+//! * [`prefetch`]: fetching the farm's toolchains while the node is idle.
 //! * [`job`]: one job from ticket to exit code.
 //! * [`jobserver`]: the token pipe that bounds rustc's threads node-wide.
 //! * [`load`]: measuring the machine's load for the scheduler's placement.
@@ -16,10 +19,12 @@
 
 pub mod control;
 pub mod diagnostics;
+pub mod fetch;
 pub mod job;
 pub mod jobserver;
 pub mod load;
 pub mod manifest;
+pub mod prefetch;
 pub mod sandbox;
 pub mod server;
 pub mod store;

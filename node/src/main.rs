@@ -15,7 +15,8 @@ use distcc_rs_proto::discovery::{DEFAULT_FARM, FarmNameError, validate_farm_name
 /// farm to find and adopt it (or dials the one given with --scheduler),
 /// receives jobs straight from clients, runs each one in a bubblewrap
 /// sandbox with a toolchain it fetches from the scheduler (no Rust install
-/// needed on this machine), and streams the results back. Once registered
+/// needed on this machine, and several toolchains side by side in a cache
+/// of bounded size), and streams the results back. Once registered
 /// it prints `distcc-rs-node NAME listening on ADDR, registered with ADDR`
 /// on stdout.
 #[derive(Debug, Parser)]
@@ -77,6 +78,20 @@ struct Args {
     /// of running jobs are kept.
     #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = parse_size)]
     store_size: u64,
+    /// The most disk space the unpacked toolchains (<WORK_DIR>/toolchains)
+    /// may take, with the same suffixes as --store-size. A toolchain takes
+    /// about 500 MiB unpacked. Before a new one is unpacked, the least
+    /// recently used toolchains no job is using are removed to make room;
+    /// if every one is in use, the cache stays over the limit until a later
+    /// fetch finds some unused.
+    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = parse_size)]
+    toolchain_cache_size: u64,
+    /// Do not fetch toolchains before a job needs them. By default a node
+    /// that has been idle for a few seconds asks the scheduler which
+    /// toolchains the farm used in the last day and fetches those it lacks,
+    /// one at a time, without evicting a toolchain used here more recently.
+    #[arg(long)]
+    no_prefetch: bool,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -169,6 +184,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         job_timeout: Duration::from_secs(args.job_timeout),
         max_bundle_size: 2 << 30,
         store_size: args.store_size,
+        toolchain_cache_size: args.toolchain_cache_size,
+        prefetch: !args.no_prefetch,
+        smoke_test: true,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
@@ -241,6 +259,25 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(args.store_size, 1 << 20);
+    }
+
+    #[test]
+    fn the_toolchain_cache_defaults_to_four_gibibytes_and_prefetching_is_on() {
+        let args = Args::try_parse_from(["distcc-rs-node"]).unwrap();
+        assert_eq!(args.toolchain_cache_size, 4 << 30);
+        assert!(!args.no_prefetch);
+        let args = Args::try_parse_from([
+            "distcc-rs-node",
+            "--toolchain-cache-size",
+            "600MiB",
+            "--no-prefetch",
+        ])
+        .unwrap();
+        assert_eq!(args.toolchain_cache_size, 600 << 20);
+        assert!(args.no_prefetch);
+        assert!(
+            Args::try_parse_from(["distcc-rs-node", "--toolchain-cache-size", "1.5G"]).is_err()
+        );
     }
 
     #[test]

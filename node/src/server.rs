@@ -6,22 +6,22 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use distcc_rs_net::discovery::Mdns;
 use distcc_rs_net::{
-    EndpointOptions, FrameReader, FrameWriter, Identity, PeerAuth, accept_stream, endpoint, payload,
+    EndpointOptions, FrameReader, FrameWriter, Identity, PeerAuth, accept_stream, endpoint,
 };
 use distcc_rs_proto::discovery::{Advert, NodeAdvert};
-use distcc_rs_proto::message::{FetchResponse, NodeEvent, NodeRequest, SchedulerRequest};
+use distcc_rs_proto::message::{NodeEvent, NodeRequest};
 use distcc_rs_proto::{JobId, NodeId, ToolchainId};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::load::LoadSampler;
 use crate::store::BlobStore;
-use crate::toolchains::{ReadyToolchain, Toolchains};
-use crate::{NodeError, control, job};
+use crate::toolchains::{ToolchainError, ToolchainLease, Toolchains, Usage};
+use crate::{NodeError, control, fetch, job, prefetch};
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -50,6 +50,15 @@ pub struct NodeConfig {
     /// The most bytes the input store keeps; beyond it, the least recently
     /// used inputs are removed.
     pub store_size: u64,
+    /// The most bytes the unpacked toolchains may take; beyond it, the least
+    /// recently used toolchains no job holds are removed.
+    pub toolchain_cache_size: u64,
+    /// Whether the node fetches the farm's recently used toolchains while it
+    /// is idle (see [`crate::prefetch`]).
+    pub prefetch: bool,
+    /// Whether a freshly unpacked toolchain's rustc compiles a test crate
+    /// before any job uses it. Off only in tests with fake toolchains.
+    pub smoke_test: bool,
 }
 
 /// State every task of the node shares.
@@ -76,6 +85,11 @@ pub struct Shared {
     events: mpsc::UnboundedSender<NodeEvent>,
     seen_jobs: Mutex<HashSet<JobId>>,
     running: AtomicU32,
+    /// When the last job ended, so that prefetching waits for the node to
+    /// have been idle a while rather than filling a gap between two jobs.
+    last_job_end: Mutex<Option<Instant>>,
+    /// Wakes the prefetcher (on registration).
+    pub prefetch_wake: Notify,
 }
 
 impl Shared {
@@ -88,6 +102,7 @@ impl Shared {
             }
             NodeEvent::JobFinished { .. } => {
                 self.running.fetch_sub(1, Ordering::Relaxed);
+                *self.last_job_end.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             }
             _ => {}
         }
@@ -120,6 +135,16 @@ impl Shared {
         self.running.load(Ordering::Relaxed)
     }
 
+    /// How long the node has run no job, `None` while it runs one. A node
+    /// that never ran a job has been idle since it started.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.running() > 0 {
+            return None;
+        }
+        let end = *self.last_job_end.lock().unwrap_or_else(|e| e.into_inner());
+        Some(end.map_or(Duration::MAX, |at| at.elapsed()))
+    }
+
     /// Records that a job id was used, refusing a ticket presented twice.
     pub fn claim_job(&self, job: JobId) -> Result<(), distcc_rs_proto::message::JobError> {
         let mut seen = self.seen_jobs.lock().unwrap_or_else(|e| e.into_inner());
@@ -136,68 +161,36 @@ impl Shared {
         Ok(())
     }
 
-    /// Returns the toolchain, fetching it from the scheduler if needed.
+    /// Returns a lease on the toolchain for a job, fetching it from the
+    /// scheduler if needed.
     pub async fn toolchain(
         self: &Arc<Self>,
         id: ToolchainId,
-    ) -> Result<Arc<ReadyToolchain>, String> {
-        let this = self.clone();
-        let tc = self
+    ) -> Result<ToolchainLease, ToolchainError> {
+        let lease = self
             .toolchains
-            .get(id, || async move { this.fetch_toolchain(id).await })
+            .acquire(id, Usage::Job, || fetch::fetch(self, id, None))
             .await?;
         self.report(NodeEvent::ToolchainReady(id));
-        Ok(tc)
+        Ok(lease)
     }
 
-    async fn fetch_toolchain(
-        &self,
+    /// Fetches a toolchain no job needs yet, unless that would evict a
+    /// toolchain used at or after `last_used` (the farm's last use of it).
+    pub async fn prefetch(
+        self: &Arc<Self>,
         id: ToolchainId,
-    ) -> Result<distcc_rs_pack::BundleManifest, String> {
-        let conn = self
-            .scheduler
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or("not connected to the scheduler")?;
-        info!(toolchain = %id, "fetching toolchain from the scheduler");
-        let started = std::time::Instant::now();
-        let (mut w, mut r) = distcc_rs_net::open_stream(&conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        w.send(&SchedulerRequest::FetchToolchain(id))
-            .await
-            .map_err(|e| e.to_string())?;
-        let size = match r.recv::<FetchResponse>().await.map_err(|e| e.to_string())? {
-            FetchResponse::Found { compressed_size } => compressed_size,
-            FetchResponse::NotFound => return Err("the scheduler does not have it".into()),
-        };
-        if size > self.config.max_bundle_size {
-            return Err(format!("bundle of {size} bytes is over the node's limit"));
-        }
-        let download = self.toolchains.download_path(&id);
-        let result = async {
-            let mut file = fs::File::create(&download).map_err(|e| e.to_string())?;
-            payload::recv_raw(&mut r, &mut file, self.config.max_bundle_size)
-                .await
-                .map_err(|e| e.to_string())?;
-            drop(file);
-            let dest = self.toolchains.dir_for(&id);
-            let download = download.clone();
-            tokio::task::spawn_blocking(move || {
-                let file = fs::File::open(&download).map_err(|e| e.to_string())?;
-                distcc_rs_pack::unpack(std::io::BufReader::new(file), &dest, id)
-                    .map_err(|e| format!("bundle rejected: {e}"))
+        last_used: SystemTime,
+    ) -> Result<(), ToolchainError> {
+        let lease = self
+            .toolchains
+            .acquire(id, Usage::Prefetch { last_used }, || {
+                fetch::fetch(self, id, Some(last_used))
             })
-            .await
-            .map_err(|e| e.to_string())?
-        }
-        .await;
-        let _ = fs::remove_file(&download);
-        if result.is_ok() {
-            info!(toolchain = %id, secs = started.elapsed().as_secs_f32(), "toolchain ready");
-        }
-        result
+            .await?;
+        drop(lease);
+        self.report(NodeEvent::ToolchainReady(id));
+        Ok(())
     }
 }
 
@@ -218,8 +211,13 @@ impl Node {
         let node_id = load_or_create_id(&work.join("node-id"))?;
         let store = BlobStore::open(work.join("store"), config.store_size)
             .map_err(|e| NodeError::io(work, e))?;
-        let toolchains =
-            Toolchains::open(work.join("toolchains")).map_err(|e| NodeError::io(work, e))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let toolchains = Toolchains::open(
+            work.join("toolchains"),
+            config.toolchain_cache_size,
+            tx.clone(),
+        )
+        .map_err(|e| NodeError::io(work, e))?;
         let jobs_dir = work.join("jobs");
         // Job roots of a previous run are garbage now.
         let _ = fs::remove_dir_all(&jobs_dir);
@@ -245,7 +243,6 @@ impl Node {
                 )
             })
             .ok();
-        let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             slots: Arc::new(Semaphore::new(config.slots as usize)),
             jobserver,
@@ -263,6 +260,8 @@ impl Node {
             events: tx,
             seen_jobs: Mutex::new(HashSet::new()),
             running: AtomicU32::new(0),
+            last_job_end: Mutex::new(None),
+            prefetch_wake: Notify::new(),
         });
         Ok(Node { shared })
     }
@@ -290,6 +289,10 @@ impl Node {
         let shared = self.shared.clone();
         shared.control.on_first_registration(registered);
         let mdns = shared.config.mdns.then(|| advertise(&shared)).flatten();
+        let prefetcher = shared
+            .config
+            .prefetch
+            .then(|| tokio::spawn(prefetch::run(shared.clone())));
         let dialler = match shared.config.scheduler {
             Some(scheduler) => Some(tokio::spawn(control::maintain(shared.clone(), scheduler))),
             None => {
@@ -326,6 +329,9 @@ impl Node {
         }
         if let Some(dialler) = dialler {
             dialler.abort();
+        }
+        if let Some(prefetcher) = prefetcher {
+            prefetcher.abort();
         }
         if let Some(mdns) = mdns {
             // Browsers see the node go at once, rather than when its records

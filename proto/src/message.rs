@@ -55,6 +55,15 @@ pub enum SchedulerRequest {
     /// compile locally after all), so the slot is free at once rather than
     /// when the assignment expires. Not answered.
     Release { job: JobId },
+    /// Anyone asks which toolchain bundles the scheduler stores, for
+    /// `distcc-rs-pack list`. Answered with [`ToolchainList`].
+    ListToolchains,
+    /// Someone asks the scheduler to delete a stored bundle, for
+    /// `distcc-rs-pack rm`. Answered with [`RemoveResponse`]. Without
+    /// `force`, a bundle that jobs in flight or node downloads still need is
+    /// kept and the answer says so; with it, the bundle goes anyway, and
+    /// those jobs fail over to other nodes or to local compiles.
+    RemoveToolchain { id: ToolchainId, force: bool },
 }
 
 /// What a node tells the scheduler about itself when it joins.
@@ -155,6 +164,15 @@ pub enum NodeEvent {
     ToolchainReady(ToolchainId),
     /// A periodic load report.
     Load(NodeLoad),
+    /// The node removed this toolchain from its cache to make room for
+    /// another one; it no longer holds it.
+    ToolchainEvicted(ToolchainId),
+    /// The node fetched this toolchain and it failed verification every
+    /// time (its content does not hash to its id, it is truncated or
+    /// malformed), or it unpacked but its rustc does not run on the node.
+    /// The node will not use it for a while and refuses jobs that need it;
+    /// the scheduler should place them elsewhere.
+    ToolchainRejected { id: ToolchainId, reason: String },
 }
 
 /// How a job ended, as the scheduler records it.
@@ -256,6 +274,15 @@ pub enum BundleError {
     Malformed(String),
     #[error("storage error: {0}")]
     Io(String),
+    /// Even after evicting every bundle it may evict, the scheduler's
+    /// store (`--max-store-size`) has no room: `in_use` bytes of it belong
+    /// to bundles that jobs or node downloads still need.
+    #[error(
+        "bundle is {size} bytes, but the toolchain store holds at most {limit} bytes and \
+         {in_use} of them belong to bundles in use; raise the scheduler's --max-store-size \
+         or remove bundles with `distcc-rs-pack rm`"
+    )]
+    StoreFull { size: u64, limit: u64, in_use: u64 },
 }
 
 /// The scheduler's answer to a toolchain fetch.
@@ -266,6 +293,75 @@ pub enum FetchResponse {
         compressed_size: u64,
     },
     NotFound,
+}
+
+/// The scheduler's answer to [`SchedulerRequest::ListToolchains`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolchainList {
+    /// Every stored bundle, sorted by id.
+    pub toolchains: Vec<StoredToolchain>,
+    /// The compressed bytes the bundles take together.
+    pub used: u64,
+    /// The store's size limit (`--max-store-size`).
+    pub limit: u64,
+}
+
+/// One bundle in the scheduler's store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredToolchain {
+    pub id: ToolchainId,
+    pub compressed_size: u64,
+    /// What the bundle's manifest says; `None` when the scheduler could not
+    /// read it.
+    pub summary: Option<BundleSummary>,
+    /// Milliseconds since the bundle was stored. Ages rather than times, so
+    /// that the asker's clock does not have to agree with the scheduler's.
+    pub stored_ago_ms: u64,
+    /// Milliseconds since a job of this toolchain was last placed (to
+    /// within a minute, and across scheduler restarts); `None` if none was
+    /// since it was stored. The store evicts the least recently used first.
+    pub last_used_ago_ms: Option<u64>,
+    /// Connected nodes that hold the bundle unpacked.
+    pub holders: Vec<ToolchainHolder>,
+    /// Jobs of this toolchain placed and not yet finished.
+    pub jobs_in_flight: u32,
+    /// Nodes downloading the bundle right now.
+    pub downloads: u32,
+}
+
+/// What a bundle holds, from its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleSummary {
+    /// The first line of `rustc -vV`, e.g. `rustc 1.95.0 (… 2026-…)`.
+    pub version_line: String,
+    /// The rustc release, e.g. `1.95.0` or `1.97.0-nightly`.
+    pub release: Option<String>,
+    /// The triple rustc runs on.
+    pub host: String,
+    /// The targets whose standard library the bundle holds, sorted.
+    pub targets: Vec<String>,
+}
+
+/// A node that holds a bundle unpacked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolchainHolder {
+    pub node: NodeId,
+    pub name: String,
+}
+
+/// The scheduler's answer to [`SchedulerRequest::RemoveToolchain`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RemoveResponse {
+    /// The bundle is gone; `freed` compressed bytes are free again. Nodes
+    /// keep their unpacked copies until their own cache evicts them.
+    Removed { freed: u64 },
+    /// The scheduler does not store this bundle.
+    NotFound,
+    /// The bundle was kept because these still need it; removing it with
+    /// `force` would make them fail over.
+    InUse { jobs: u32, downloads: u32 },
+    /// The bundle could not be deleted.
+    Failed(BundleError),
 }
 
 /// A snapshot of the farm, for `distcc-rs status` and tests.
@@ -326,6 +422,12 @@ pub enum JobPhase {
 pub struct ToolchainStatus {
     pub id: ToolchainId,
     pub compressed_size: u64,
+    /// Milliseconds since a job of this toolchain was last placed, if one
+    /// was since the scheduler started. Idle nodes fetch the toolchains
+    /// used recently before a job needs them.
+    pub last_used_ms: Option<u64>,
+    /// How many connected nodes hold this toolchain unpacked.
+    pub holders: u32,
 }
 
 /// Counters since the scheduler started.

@@ -177,6 +177,9 @@ pub struct Farm {
     /// store itself lives at the IO edge; the server mirrors it here so that
     /// `allocate` can answer `NeedToolchain` without touching the disk.
     toolchains: BTreeMap<ToolchainId, u64>,
+    /// When a job of each toolchain was last placed, for idle nodes that
+    /// fetch the toolchains in use before a job needs them.
+    toolchain_used: BTreeMap<ToolchainId, Instant>,
     /// The last job id handed out; ids start at 1.
     last_job: u64,
     /// Counts assignments, to order nodes by "least recently assigned"
@@ -213,6 +216,11 @@ struct Node {
     /// node's "running" count.
     jobs: BTreeSet<JobId>,
     toolchains: BTreeSet<ToolchainId>,
+    /// Toolchains the node could not use (its copy failed verification or
+    /// would not run there). No job of these is placed on it until it
+    /// registers again, reports the toolchain ready, or a new copy of the
+    /// toolchain is uploaded.
+    rejected: BTreeSet<ToolchainId>,
     jobs_done: u64,
     jobs_failed: u64,
     connected_since: Instant,
@@ -250,6 +258,9 @@ struct InFlight {
     /// such jobs teach speed: the others include fetching and unpacking a
     /// bundle, which says nothing about how fast the node compiles.
     warm: bool,
+    /// The job's toolchain: the store never evicts a bundle that a job in
+    /// flight may still make its node fetch.
+    toolchain: ToolchainId,
 }
 
 #[derive(Debug)]
@@ -297,6 +308,7 @@ impl Farm {
             nodes: BTreeMap::new(),
             jobs: BTreeMap::new(),
             toolchains: BTreeMap::new(),
+            toolchain_used: BTreeMap::new(),
             last_job: config.first_job,
             assignments_made: 0,
             totals: FarmTotals::default(),
@@ -344,6 +356,7 @@ impl Farm {
                 slots: registration.slots,
                 jobs: BTreeSet::new(),
                 toolchains: registration.toolchains.iter().copied().collect(),
+                rejected: BTreeSet::new(),
                 jobs_done: 0,
                 jobs_failed: 0,
                 connected_since: now,
@@ -389,14 +402,38 @@ impl Farm {
         true
     }
 
-    /// Records that the scheduler's store now holds a toolchain.
+    /// Records that the scheduler's store now holds a toolchain. A copy
+    /// that is new (the toolchain was not stored, e.g. because a corrupt
+    /// copy was deleted) clears the nodes' rejections of the toolchain:
+    /// they may have rejected the old copy.
     pub fn toolchain_stored(&mut self, id: ToolchainId, compressed_size: u64) {
-        self.toolchains.insert(id, compressed_size);
+        if self.toolchains.insert(id, compressed_size).is_none() {
+            for n in self.nodes.values_mut() {
+                n.rejected.remove(&id);
+            }
+        }
+    }
+
+    /// Records that the scheduler's store no longer holds a toolchain (its
+    /// copy was found corrupt and deleted): the next client that needs it is
+    /// asked to upload it.
+    pub fn toolchain_forgotten(&mut self, id: ToolchainId) {
+        self.toolchains.remove(&id);
     }
 
     /// Whether the scheduler's store holds a toolchain.
     pub fn has_toolchain(&self, id: ToolchainId) -> bool {
         self.toolchains.contains_key(&id)
+    }
+
+    /// How many jobs of each toolchain are in flight (placed and not yet
+    /// finished, released or expired); toolchains without any are left out.
+    pub fn jobs_per_toolchain(&self) -> BTreeMap<ToolchainId, u32> {
+        let mut counts = BTreeMap::new();
+        for flight in self.jobs.values() {
+            *counts.entry(flight.toolchain).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// How many requests wait for a slot.
@@ -624,7 +661,8 @@ impl Farm {
             speed: n.speed,
             holds_toolchain: n.toolchains.contains(&toolchain),
             last_assigned: n.last_assigned,
-            excluded: exclude.contains(id),
+            // A node that rejected the toolchain would refuse the job.
+            excluded: exclude.contains(id) || n.rejected.contains(&toolchain),
         }
     }
 
@@ -671,9 +709,11 @@ impl Farm {
                 phase: JobPhase::Assigned,
                 assigned_at: now,
                 warm,
+                toolchain: request.toolchain,
             },
         );
         *self.builds.entry(request.build.clone()).or_insert(0) += 1;
+        self.toolchain_used.insert(request.toolchain, now);
         self.totals.assigned += 1;
         assignment
     }
@@ -795,10 +835,36 @@ impl Farm {
         match self.nodes.get_mut(&node) {
             Some(n) => {
                 n.toolchains.insert(id);
+                n.rejected.remove(&id);
                 true
             }
             None => false,
         }
+    }
+
+    /// The node removed a toolchain from its cache. Returns false if the node
+    /// is unknown.
+    pub fn toolchain_evicted(&mut self, node: NodeId, id: ToolchainId) -> bool {
+        match self.nodes.get_mut(&node) {
+            Some(n) => {
+                n.toolchains.remove(&id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The node cannot use a toolchain: no job of it is placed there any
+    /// more (see `Node::rejected`). Returns the node's name, or `None` if the
+    /// node is unknown.
+    pub fn toolchain_rejected(&mut self, node: NodeId, id: ToolchainId) -> Option<String> {
+        let n = self.nodes.get_mut(&node)?;
+        n.toolchains.remove(&id);
+        n.rejected.insert(id);
+        // Waiters of that toolchain may have had this node as their only
+        // hope.
+        self.recheck_waiters = true;
+        Some(n.name.clone())
     }
 
     /// Takes back an assignment whose client will not use it. Only a job
@@ -879,6 +945,14 @@ impl Farm {
                 .map(|(id, size)| ToolchainStatus {
                     id: *id,
                     compressed_size: *size,
+                    last_used_ms: self.toolchain_used.get(id).map(|at| ms(*at)),
+                    holders: u32::try_from(
+                        self.nodes
+                            .values()
+                            .filter(|n| n.toolchains.contains(id))
+                            .count(),
+                    )
+                    .unwrap_or(u32::MAX),
                 })
                 .collect(),
             totals: self.totals,

@@ -82,6 +82,17 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BUNDLE_SIZE)]
     max_bundle_size: u64,
 
+    /// The most disk space all stored toolchain bundles may take together,
+    /// in bytes or with a suffix: K, M, G, T, or KiB, MiB, GiB, TiB, all
+    /// powers of 1024 (e.g. 500M, 20GiB). An upload that does not fit
+    /// evicts the least recently used bundles (by the last job placed with
+    /// them, remembered across restarts), never one that jobs in flight or
+    /// node downloads still need; if it still does not fit, it is refused.
+    /// A store over a lowered limit is trimmed at start-up. Evicted
+    /// toolchains are uploaded again by the next client that needs them.
+    #[arg(long, value_name = "SIZE", default_value = "20GiB", value_parser = parse_size)]
+    max_store_size: u64,
+
     /// How long an allocation request may wait for a free slot when every
     /// node is busy, in seconds (fractions allowed), before its client is
     /// told to compile locally. 0 answers at once.
@@ -145,6 +156,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 
     let mut config = SchedulerConfig::new(state_dir);
     config.max_bundle_size = args.max_bundle_size;
+    config.max_store_size = args.max_store_size;
     config.farm.queue_timeout = args.queue_timeout;
     config.protocol_version = options.protocol_version;
     config.farm.farm_name = args.netname;
@@ -167,6 +179,34 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .context("the scheduler failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads a size in bytes with an optional binary suffix (`K`, `M`, `G`,
+/// `T`, or `KiB` to `TiB`, in any case; a space before it is allowed), as
+/// the node's --store-size does. Every suffix is a power of 1024.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let malformed = || {
+        format!(
+            "{text:?} is not a size: expected bytes, optionally with K, M, G or T (e.g. 500M, 20GiB)"
+        )
+    };
+    let trimmed = text.trim();
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, suffix) = trimmed.split_at(digits_end);
+    let number: u64 = digits.parse().map_err(|_| malformed())?;
+    let shift = match suffix.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        _ => return Err(malformed()),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is more bytes than fit in 64 bits"))
 }
 
 /// Parses a non-negative number of seconds, such as `2` or `0.5`.
@@ -215,4 +255,41 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
         };
         tracing::info!("{name} received, shutting down");
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("4096", 4096),
+            ("4096B", 4096),
+            ("3k", 3 << 10),
+            ("512MiB", 512 << 20),
+            ("20G", 20 << 30),
+            ("20 GiB", 20 << 30),
+            ("2T", 2 << 40),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text:?}");
+        }
+        for text in ["", "G", "10X", "1.5G", "-1", "10GB", "99999999999T"] {
+            assert!(parse_size(text).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_store_limit_defaults_to_twenty_gibibytes() {
+        let args = Args::try_parse_from(["distcc-rs-scheduler"]).unwrap();
+        assert_eq!(args.max_store_size, 20 << 30);
+        assert_eq!(
+            args.max_store_size,
+            distcc_rs_scheduler::store::DEFAULT_MAX_STORE_SIZE
+        );
+        let args =
+            Args::try_parse_from(["distcc-rs-scheduler", "--max-store-size", "500M"]).unwrap();
+        assert_eq!(args.max_store_size, 500 << 20);
+    }
 }

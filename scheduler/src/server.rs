@@ -24,7 +24,7 @@
 //! no lock; it wakes on the grant, on its own deadline, or when its client's
 //! connection closes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
@@ -45,7 +45,10 @@ use tracing::{Instrument, debug, error, info, info_span, trace, warn};
 
 use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::farm::{Decision, Farm, FarmConfig, WaiterId};
-use crate::store::{DEFAULT_MAX_BUNDLE_SIZE, StoreError, StoredBundle, ToolchainStore};
+use crate::store::{
+    DEFAULT_MAX_BUNDLE_SIZE, DEFAULT_MAX_STORE_SIZE, Recheck, StoreError, StoredBundle,
+    ToolchainStore,
+};
 
 /// How often unclaimed assignments are expired even when no request comes
 /// in, so that `distcc-rs status` on an idle farm shows freed slots.
@@ -62,6 +65,9 @@ pub struct SchedulerConfig {
     pub state_dir: PathBuf,
     /// The largest compressed toolchain bundle a client may upload.
     pub max_bundle_size: u64,
+    /// The compressed bytes all stored bundles may take together; the
+    /// least recently used are evicted to make room.
+    pub max_store_size: u64,
     /// Placement tunables.
     pub farm: FarmConfig,
     /// The protocol version the endpoint was bound with, used to name a
@@ -78,6 +84,7 @@ impl SchedulerConfig {
         SchedulerConfig {
             state_dir: state_dir.into(),
             max_bundle_size: DEFAULT_MAX_BUNDLE_SIZE,
+            max_store_size: DEFAULT_MAX_STORE_SIZE,
             farm: FarmConfig::default(),
             protocol_version: PROTOCOL_VERSION,
             discovery: DiscoveryConfig::default(),
@@ -107,6 +114,10 @@ pub(crate) enum RequestError {
 pub(crate) struct Shared {
     farm: Mutex<Booking>,
     store: ToolchainStore,
+    /// Toolchains whose stored copy is being verified again after a node
+    /// rejected it, so that several nodes rejecting the same bundle cause
+    /// one check.
+    rechecking: Mutex<HashSet<ToolchainId>>,
     pub(crate) protocol_version: u32,
     /// The farm's name: registrations of nodes of another farm are refused,
     /// and discovery adopts and advertises for this farm only.
@@ -225,7 +236,9 @@ pub async fn run(
     config: SchedulerConfig,
     shutdown: impl Future,
 ) -> Result<(), SchedulerError> {
-    let store = ToolchainStore::open(&config.state_dir, config.max_bundle_size)?;
+    let store = ToolchainStore::open(&config.state_dir, config.max_bundle_size)?
+        .with_max_store_size(config.max_store_size);
+    toolchains::evict_over_limit(&store)?;
     let mut farm_config = config.farm.clone();
     if farm_config.first_job == 0 {
         // Random upper bits: ids of this run do not collide with a previous
@@ -248,6 +261,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         farm: Mutex::new(Booking::new(farm)),
         store,
+        rechecking: Mutex::new(HashSet::new()),
         protocol_version: config.protocol_version,
         farm_name: config.farm.farm_name.clone(),
     });
@@ -382,6 +396,14 @@ async fn stream(shared: Arc<Shared>, conn: Connection, w: FrameWriter, mut r: Fr
         ),
         SchedulerRequest::FetchToolchain(id) => ("toolchain fetch", fetch(&shared, id, w).await),
         SchedulerRequest::Status => ("status request", status(&shared, w).await),
+        SchedulerRequest::ListToolchains => (
+            "toolchain listing",
+            toolchains::list(shared.clone(), w).await,
+        ),
+        SchedulerRequest::RemoveToolchain { id, force } => (
+            "toolchain removal",
+            toolchains::remove(shared.clone(), id, force, w).await,
+        ),
         SchedulerRequest::Release { job } => {
             if shared.farm().release(job) {
                 debug!(job_id = %job, "assignment released by its client");
@@ -478,7 +500,7 @@ pub(crate) fn is_member(shared: &Shared, node: NodeId) -> bool {
         .any(|n| n.node == node)
 }
 
-fn apply_event(shared: &Shared, node: NodeId, event: NodeEvent) {
+fn apply_event(shared: &Arc<Shared>, node: NodeId, event: NodeEvent) {
     match event {
         NodeEvent::JobStarted { job } => {
             let known = shared.farm().job_started(node, job);
@@ -503,7 +525,67 @@ fn apply_event(shared: &Shared, node: NodeId, event: NodeEvent) {
             let known = shared.farm().node_load(node, load, Instant::now());
             trace!(node_id = %node, known, ?load, "load report");
         }
+        NodeEvent::ToolchainEvicted(id) => {
+            shared.farm().toolchain_evicted(node, id);
+            debug!(node_id = %node, toolchain = %id.0.short(), "node evicted a toolchain");
+        }
+        NodeEvent::ToolchainRejected { id, reason } => {
+            let Some(name) = shared.farm().toolchain_rejected(node, id) else {
+                return;
+            };
+            warn!(
+                node_id = %node, toolchain = %id,
+                "node {name} rejected toolchain {id}: {reason}. No more jobs of that toolchain \
+                 go to it; the scheduler checks its own copy of the bundle. If the copy is \
+                 intact, look at the node (disk, memory, its log); restarting it clears the \
+                 rejection"
+            );
+            recheck_bundle(shared.clone(), id);
+        }
     }
+}
+
+/// Verifies the stored copy of a toolchain a node rejected, in the
+/// background, and forgets it if it is corrupt, so that the next client
+/// that needs it is asked to upload it again.
+fn recheck_bundle(shared: Arc<Shared>, id: ToolchainId) {
+    fn lock(shared: &Shared) -> MutexGuard<'_, HashSet<ToolchainId>> {
+        shared
+            .rechecking
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+    if !lock(&shared).insert(id) {
+        return;
+    }
+    tokio::spawn(async move {
+        let checker = shared.clone();
+        let result = tokio::task::spawn_blocking(move || checker.store.recheck(id)).await;
+        lock(&shared).remove(&id);
+        match result {
+            Ok(Recheck::Intact) => info!(
+                toolchain = %id,
+                "the scheduler's copy of toolchain {id} verified intact: the rejection is the \
+                 node's own problem"
+            ),
+            Ok(Recheck::Deleted(why)) => {
+                shared.farm().toolchain_forgotten(id);
+                warn!(
+                    toolchain = %id,
+                    "the scheduler's copy of toolchain {id} was corrupt ({why}) and is deleted; \
+                     the next client that needs it uploads it again"
+                );
+            }
+            Ok(Recheck::Missing | Recheck::Replaced) => {
+                debug!(toolchain = %id, "the rejected bundle is gone or was replaced");
+            }
+            Ok(Recheck::Unreadable(why)) => error!(
+                toolchain = %id, cause = %why,
+                "cannot check the scheduler's copy of a rejected toolchain; it is kept"
+            ),
+            Err(e) => error!(toolchain = %id, cause = %e, "the bundle check failed"),
+        }
+    });
 }
 
 /// Turns the error that ended a control stream into words for the log.
@@ -589,10 +671,13 @@ async fn allocate(
         }
     };
     match &response {
-        AllocateResponse::Assigned(a) => debug!(
-            job_id = %a.job, node_id = %a.node, krate = %request.crate_name,
-            client = %request.client, "assigned to {}", a.node_name
-        ),
+        AllocateResponse::Assigned(a) => {
+            shared.store.mark_used(request.toolchain, Instant::now());
+            debug!(
+                job_id = %a.job, node_id = %a.node, krate = %request.crate_name,
+                client = %request.client, "assigned to {}", a.node_name
+            );
+        }
         AllocateResponse::NeedToolchain => debug!(
             toolchain = %request.toolchain.0.short(), client = %request.client,
             "asked the client for its toolchain"
@@ -663,7 +748,7 @@ impl Drop for Queued<'_> {
 }
 
 async fn upload(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     id: ToolchainId,
     announced: u64,
     mut w: FrameWriter,
@@ -689,7 +774,7 @@ async fn upload(
 }
 
 async fn receive_bundle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     id: ToolchainId,
     announced: u64,
     r: &mut FrameReader,
@@ -699,6 +784,15 @@ async fn receive_bundle(
         return Err(BundleError::TooLarge {
             size: announced,
             limit,
+        });
+    }
+    // A bundle larger than the whole store never fits, whatever is evicted.
+    let store_limit = shared.store.max_store_size();
+    if announced > store_limit {
+        return Err(BundleError::StoreFull {
+            size: announced,
+            limit: store_limit,
+            in_use: 0,
         });
     }
     let too_large = |limit: u64| BundleError::TooLarge {
@@ -734,16 +828,16 @@ async fn receive_bundle(
             "the upload announced {announced} bytes but delivered {received}"
         )));
     }
-    let stored = tokio::task::spawn_blocking(move || upload.finish())
+    // Verification, eviction and the final rename, on the blocking pool.
+    let storer = shared.clone();
+    tokio::task::spawn_blocking(move || toolchains::store_upload(&storer, upload))
         .await
-        .map_err(|e| BundleError::Io(format!("the verification task failed: {e}")))??;
-    shared
-        .farm()
-        .toolchain_stored(stored.id, stored.compressed_size);
-    Ok(stored)
+        .map_err(|e| BundleError::Io(format!("the verification task failed: {e}")))?
 }
 
 async fn fetch(shared: &Shared, id: ToolchainId, mut w: FrameWriter) -> Result<(), RequestError> {
+    // Eviction keeps a bundle while a node downloads it.
+    let _lease = shared.store.lease(id);
     let opened = shared.store.open_bundle(id).unwrap_or_else(|e| {
         error!(toolchain = %id, cause = %e, "cannot open a stored bundle");
         None
@@ -773,6 +867,8 @@ async fn status(shared: &Shared, mut w: FrameWriter) -> Result<(), RequestError>
     w.finish()?;
     Ok(())
 }
+
+mod toolchains;
 
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,8 @@ mod errors;
 mod faults;
 mod premise;
 mod remote;
+mod status;
+mod toolchains;
 
 use std::process::Command;
 use std::sync::MutexGuard;

@@ -1,7 +1,10 @@
 //! `distcc-rs-pack`: create, inspect, verify and unpack toolchain bundles by
-//! hand, and clean the client's bundle cache. The client and the node use
-//! the library directly; this binary is for people preparing, debugging or
-//! pre-seeding a farm.
+//! hand, clean the client's bundle cache, and push, list and remove the
+//! bundles on a farm's scheduler. The client and the node use the library
+//! directly; this binary is for people preparing, debugging or pre-seeding
+//! a farm.
+
+mod farm;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -12,6 +15,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use distcc_rs_pack::{BundleManifest, EntryState, PackOptions, PackProgress};
 use distcc_rs_proto::ToolchainId;
+use distcc_rs_proto::discovery::{DEFAULT_FARM, validate_farm_name};
+use distcc_rs_proto::message::RemoveResponse;
+
+use crate::farm::{Farm, LocalBundle, Pushed};
 
 /// Builds, inspects, verifies and unpacks hermetic rustc toolchain bundles.
 ///
@@ -22,9 +29,11 @@ use distcc_rs_proto::ToolchainId;
 /// uncompressed tar stream (`<id>.tar.zst`), and packing the same toolchain
 /// twice gives the same bytes.
 ///
-/// The client (`distcc-rs`) packs its toolchain by itself on first use and
-/// caches it; this tool is for packing by hand, checking a bundle before it
-/// is trusted, and cleaning that cache.
+/// The client (`distcc-rs`) packs its toolchain by itself on first use,
+/// caches it and uploads it to the farm's scheduler; this tool is for
+/// packing by hand, checking a bundle before it is trusted, cleaning that
+/// cache, and managing the bundles the scheduler stores (`push`, `list`,
+/// `rm`).
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -145,6 +154,95 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Upload a toolchain bundle to the farm's scheduler.
+    ///
+    /// Given a BUNDLE file, uploads it. Otherwise uploads the bundle of
+    /// --rustc from the client's bundle cache, packing it first if the
+    /// cache lacks it: the very bundle the client would upload on first use,
+    /// so pushing ahead spares the first build that wait. Does nothing when
+    /// the scheduler already stores the bundle. The scheduler verifies the
+    /// bundle before storing it, and evicts its least recently used bundles
+    /// if the upload would not fit (its --max-store-size). A progress bar
+    /// goes to stderr when it is a terminal; the result goes to stdout.
+    Push {
+        /// A bundle file, as `create` writes it (<ID>.tar.zst). If its name
+        /// is not an id, the id is computed first.
+        #[arg(conflicts_with_all = ["rustc", "targets"])]
+        bundle: Option<PathBuf>,
+        /// The rustc whose toolchain to push [default: $RUSTC, else rustc].
+        #[arg(long)]
+        rustc: Option<PathBuf>,
+        /// Also bundle the standard library of this target (repeat for
+        /// several), as the client does for jobs that cross-compile to it.
+        #[arg(long = "target", value_name = "TARGET")]
+        targets: Vec<String>,
+        #[command(flatten)]
+        cache: CacheDir,
+        #[command(flatten)]
+        farm: FarmArgs,
+    },
+    /// List the bundles the farm's scheduler stores.
+    ///
+    /// One line per bundle: the start of its id, its rustc release, the
+    /// targets it holds the standard library of, its compressed size, how
+    /// long ago it was stored and a job of it was last placed, how many
+    /// connected nodes hold it unpacked, and its jobs in flight. The
+    /// scheduler evicts the least recently used bundle first when its store
+    /// is full.
+    List {
+        /// Print JSON instead of a table: full ids, and ages in
+        /// milliseconds.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        farm: FarmArgs,
+    },
+    /// Remove a bundle from the farm's scheduler.
+    ///
+    /// The scheduler refuses while jobs of the bundle are in flight or
+    /// nodes are downloading it, unless --force is given. Nodes keep their
+    /// unpacked copies until their own cache evicts them; the next client
+    /// that needs the toolchain uploads it again.
+    Rm {
+        /// The bundle's id, or a prefix of it that names it alone (as
+        /// `list` shows them).
+        id: String,
+        /// Remove it even while it is in use: jobs of it whose node has not
+        /// unpacked it yet fail over to other nodes or to local compiles.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        farm: FarmArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct FarmArgs {
+    /// The scheduler's address, HOST:PORT. Defaults to
+    /// $DISTCC_RS_SCHEDULER, else the scheduler of the farm found over mDNS
+    /// (unless DISTCC_RS_MDNS is 0 or false), as the client finds it.
+    #[arg(long, value_name = "HOST:PORT")]
+    scheduler: Option<String>,
+    /// The farm whose scheduler to look for over mDNS. Defaults to
+    /// $DISTCC_RS_NETNAME, else `default`.
+    #[arg(long, value_name = "NAME")]
+    netname: Option<String>,
+}
+
+impl FarmArgs {
+    /// Finds the scheduler and connects to it.
+    async fn connect(&self) -> Result<Farm> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let farm = self
+            .netname
+            .clone()
+            .or_else(|| var("DISTCC_RS_NETNAME"))
+            .unwrap_or_else(|| DEFAULT_FARM.to_owned());
+        validate_farm_name(&farm).with_context(|| format!("farm name {farm:?}"))?;
+        let source = farm::scheduler_source(self.scheduler.as_deref(), &farm, var);
+        let addr = farm::locate(&source).await?;
+        Farm::connect(addr).await
+    }
 }
 
 #[derive(clap::Args)]
@@ -243,6 +341,156 @@ fn run(cli: Cli) -> Result<()> {
         Command::Unpack { bundle, dest, id } => unpack(&bundle, &dest, id),
         Command::Cache { cache } => list_cache(&cache.bundle_cache()),
         Command::Gc { cache, dry_run } => gc(&cache.bundle_cache(), dry_run),
+        Command::Push {
+            bundle,
+            rustc,
+            targets,
+            cache,
+            farm,
+        } => {
+            let local = match bundle {
+                Some(path) => local_bundle(&path)?,
+                None => cached_bundle(rustc, targets, &cache)?,
+            };
+            on_farm(push(&farm, &local))
+        }
+        Command::List { json, farm } => on_farm(list(&farm, json)),
+        Command::Rm { id, force, farm } => on_farm(remove(&farm, &id, force)),
+    }
+}
+
+/// Runs one farm command on a runtime of its own.
+fn on_farm(command: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(command)
+}
+
+/// A bundle file to push: its id from its name, else computed.
+fn local_bundle(path: &Path) -> Result<LocalBundle> {
+    let size = fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    let id = match id_from_name(path) {
+        // The scheduler checks the content against the id anyway.
+        Some(id) => id,
+        None => {
+            eprintln!("computing the id of {}", path.display());
+            distcc_rs_pack::identify_file(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .1
+        }
+    };
+    Ok(LocalBundle {
+        id,
+        path: path.to_owned(),
+        size,
+    })
+}
+
+/// The bundle the client would use for `rustc` and `targets`, from its
+/// cache, packed now if the cache lacks it.
+fn cached_bundle(
+    rustc: Option<PathBuf>,
+    targets: Vec<String>,
+    cache: &CacheDir,
+) -> Result<LocalBundle> {
+    let rustc = rustc
+        .or_else(|| {
+            std::env::var_os("RUSTC")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("rustc"));
+    let dir = cache.bundle_cache();
+    let started = Instant::now();
+    let opts = PackOptions {
+        targets,
+        ..PackOptions::default()
+    };
+    let bundle = distcc_rs_pack::ensure_cached(&dir, &rustc, &opts).with_context(|| {
+        format!(
+            "packing the toolchain of {} into the cache {}",
+            rustc.display(),
+            dir.display()
+        )
+    })?;
+    eprintln!(
+        "bundle of {} ({}) from the cache {} in {:.2} s",
+        bundle.manifest.version_line(),
+        bundle.manifest.targets().join(" "),
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(LocalBundle {
+        id: bundle.id,
+        path: bundle.path,
+        size: bundle.compressed_size,
+    })
+}
+
+async fn push(args: &FarmArgs, bundle: &LocalBundle) -> Result<()> {
+    let farm = args.connect().await?;
+    let result = farm.push(bundle).await;
+    let addr = farm.addr;
+    farm.close().await;
+    println!("id:        {}", bundle.id);
+    println!("scheduler: {addr}");
+    match result? {
+        Pushed::AlreadyStored => println!("pushed:    no, the scheduler already stores it"),
+        Pushed::Uploaded { elapsed } => println!(
+            "pushed:    {} in {:.2} s ({}/s)",
+            mib(bundle.size),
+            elapsed.as_secs_f64(),
+            mib((bundle.size as f64 / elapsed.as_secs_f64().max(1e-3)) as u64)
+        ),
+    }
+    Ok(())
+}
+
+async fn list(args: &FarmArgs, json: bool) -> Result<()> {
+    let farm = args.connect().await?;
+    let list = farm.list().await;
+    let addr = farm.addr;
+    farm.close().await;
+    let list = list?;
+    if json {
+        let doc = farm::list_json(addr, &list);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("JSON values always serialize")
+        );
+    } else {
+        print!("{}", farm::render_list(addr, &list));
+    }
+    Ok(())
+}
+
+async fn remove(args: &FarmArgs, prefix: &str, force: bool) -> Result<()> {
+    let farm = args.connect().await?;
+    let result = remove_on(&farm, prefix, force).await;
+    farm.close().await;
+    result
+}
+
+async fn remove_on(farm: &Farm, prefix: &str, force: bool) -> Result<()> {
+    let list = farm.list().await?;
+    let ids: Vec<ToolchainId> = list.toolchains.iter().map(|t| t.id).collect();
+    let id = farm::match_prefix(&ids, prefix)?;
+    match farm.remove(id, force).await? {
+        RemoveResponse::Removed { freed } => {
+            println!("removed:   {id} ({} freed)", mib(freed));
+            Ok(())
+        }
+        RemoveResponse::NotFound => bail!("the scheduler no longer stores {id}"),
+        RemoveResponse::InUse { jobs, downloads } => bail!(
+            "bundle {id} is in use ({jobs} job(s) in flight, {downloads} node download(s));              try again when they are done, or pass --force to remove it anyway"
+        ),
+        RemoveResponse::Failed(e) => {
+            Err(anyhow!(e).context(format!("the scheduler could not remove {id}")))
+        }
     }
 }
 

@@ -45,6 +45,9 @@ fn start_node(farm: &str) -> Running {
         job_timeout: Duration::from_secs(60),
         max_bundle_size: 1 << 20,
         store_size: 1 << 20,
+        toolchain_cache_size: 1 << 20,
+        prefetch: false,
+        smoke_test: false,
     };
     let node = Node::bind(config).expect("the node starts (is bubblewrap installed?)");
     let addr = node.local_addr().unwrap();

@@ -539,6 +539,115 @@ fn toolchain_ready_is_recorded_and_preferred() {
 }
 
 #[test]
+fn an_evicted_toolchain_is_no_longer_counted_as_held() {
+    let now = Instant::now();
+    let mut farm = farm_with(now, &[(1, 4), (2, 4)]);
+    farm.toolchain_ready(NodeId(2), TC);
+    farm.toolchain_ready(NodeId(2), OTHER_TC);
+    assert!(farm.toolchain_evicted(NodeId(2), TC));
+    assert!(!farm.toolchain_evicted(NodeId(9), TC));
+    assert_eq!(farm.status(now).nodes[1].toolchains, [OTHER_TC]);
+    // Neither node holds TC now: the tie goes to the lower id.
+    assert_eq!(assigned(farm.allocate(now, &request())).node, NodeId(1));
+}
+
+#[test]
+fn a_node_that_rejected_a_toolchain_gets_no_job_of_it() {
+    let now = Instant::now();
+    let mut farm = farm_with(now, &[(1, 4), (2, 4)]);
+    farm.toolchain_stored(OTHER_TC, 1000);
+    farm.toolchain_ready(NodeId(1), TC);
+    assert_eq!(farm.toolchain_rejected(NodeId(1), TC), Some("host1".into()));
+    assert_eq!(farm.toolchain_rejected(NodeId(9), TC), None);
+    assert!(farm.status(now).nodes[0].toolchains.is_empty());
+    // Every job of TC goes to node 2, even once it is busier.
+    for _ in 0..4 {
+        assert_eq!(assigned(farm.allocate(now, &request())).node, NodeId(2));
+    }
+    // Node 2 is full: TC waits, since node 1 will never take it...
+    let (waiter, _) = queued(farm.allocate(now, &request()));
+    // ...while other toolchains still go to node 1.
+    let other = AllocateRequest {
+        toolchain: OTHER_TC,
+        ..request_in("dev2:1")
+    };
+    assert!(farm.dispatch(now).is_empty());
+    farm.cancel(waiter);
+    assert_eq!(assigned(farm.allocate(now, &other)).node, NodeId(1));
+    check_invariants(&farm);
+}
+
+#[test]
+fn a_waiter_only_a_rejecting_node_could_serve_is_answered_at_once() {
+    let now = Instant::now();
+    let mut farm = farm_with(now, &[(1, 1)]);
+    assigned(farm.allocate(now, &request()));
+    let (waiter, _) = queued(farm.allocate(now, &request()));
+    farm.toolchain_rejected(NodeId(1), TC);
+    let replies = farm.dispatch(now);
+    assert_eq!(
+        replies,
+        [Reply {
+            waiter,
+            response: AllocateResponse::RunLocally(RunLocallyReason::NoEligibleNode)
+        }]
+    );
+    assert_eq!(
+        answer(farm.allocate(now, &request())),
+        AllocateResponse::RunLocally(RunLocallyReason::NoEligibleNode)
+    );
+}
+
+#[test]
+fn a_rejection_ends_with_a_new_copy_or_the_node_holding_the_toolchain() {
+    let now = Instant::now();
+    let mut farm = farm_with(now, &[(1, 4)]);
+    farm.toolchain_stored(OTHER_TC, 1000);
+    farm.toolchain_rejected(NodeId(1), TC);
+    // The same copy stored again (another client's upload) changes nothing.
+    farm.toolchain_stored(TC, 1000);
+    assert!(matches!(
+        answer(farm.allocate(now, &request())),
+        AllocateResponse::RunLocally(RunLocallyReason::NoEligibleNode)
+    ));
+    // The scheduler found its copy corrupt and forgot it: clients upload.
+    farm.toolchain_forgotten(TC);
+    assert_eq!(
+        answer(farm.allocate(now, &request())),
+        AllocateResponse::NeedToolchain
+    );
+    // A new copy lifts the rejection.
+    farm.toolchain_stored(TC, 1000);
+    assert_eq!(assigned(farm.allocate(now, &request())).node, NodeId(1));
+    // So does the node reporting the toolchain ready.
+    farm.toolchain_rejected(NodeId(1), OTHER_TC);
+    farm.toolchain_ready(NodeId(1), OTHER_TC);
+    let other = AllocateRequest {
+        toolchain: OTHER_TC,
+        ..request()
+    };
+    assert_eq!(assigned(farm.allocate(now, &other)).node, NodeId(1));
+}
+
+#[test]
+fn status_says_when_each_toolchain_was_last_placed_and_who_holds_it() {
+    let t0 = Instant::now();
+    let mut farm = farm_with(t0, &[(1, 4), (2, 4), (3, 4)]);
+    farm.toolchain_stored(OTHER_TC, 2000);
+    farm.toolchain_ready(NodeId(1), TC);
+    farm.toolchain_ready(NodeId(3), TC);
+    assigned(farm.allocate(t0, &request()));
+    let status = farm.status(t0 + 1500 * MS);
+    let by_id: BTreeMap<ToolchainId, &ToolchainStatus> =
+        status.toolchains.iter().map(|t| (t.id, t)).collect();
+    assert_eq!(by_id[&TC].last_used_ms, Some(1500));
+    assert_eq!(by_id[&TC].holders, 2);
+    assert_eq!(by_id[&TC].compressed_size, 1000);
+    assert_eq!(by_id[&OTHER_TC].last_used_ms, None);
+    assert_eq!(by_id[&OTHER_TC].holders, 0);
+}
+
+#[test]
 fn load_reports_steer_placement_until_they_go_stale() {
     let t0 = Instant::now();
     let mut farm = farm_with(t0, &[(1, 8), (2, 8)]);

@@ -548,3 +548,300 @@ async fn load_reports_show_in_the_status_and_keep_jobs_off_short_nodes() {
     client.close(0u32.into(), b"done");
     scheduler.shut_down().await;
 }
+
+#[tokio::test]
+async fn evictions_and_rejections_from_nodes_steer_placement_and_bundle_checks() {
+    let state = tempfile::tempdir().unwrap();
+    let scheduler = start(state.path());
+    let client = dial(scheduler.addr).await;
+    let (a, bundle_a) = fixture::bundle("rejected-a");
+    let (b, bundle_b) = fixture::bundle("rejected-b");
+    assert_eq!(upload(&client, a, &bundle_a).await, UploadResponse::Stored);
+    assert_eq!(upload(&client, b, &bundle_b).await, UploadResponse::Stored);
+    let node7 = dial(scheduler.addr).await;
+    let (_, mut control7, _r7) = register(&node7, registration(7)).await;
+    let node8 = dial(scheduler.addr).await;
+    let (_, mut control8, _r8) = register(&node8, registration(8)).await;
+    let holders = |s: &FarmStatus, id: ToolchainId| {
+        s.toolchains.iter().find(|t| t.id == id).map(|t| t.holders)
+    };
+
+    // Node 7 holds both toolchains, then evicts b.
+    control7.send(&NodeEvent::ToolchainReady(a)).await.unwrap();
+    control7.send(&NodeEvent::ToolchainReady(b)).await.unwrap();
+    wait_for(&client, "node 7 to hold both", |s| {
+        holders(s, a) == Some(1) && holders(s, b) == Some(1)
+    })
+    .await;
+    control7
+        .send(&NodeEvent::ToolchainEvicted(b))
+        .await
+        .unwrap();
+    let status = wait_for(&client, "the eviction", |s| holders(s, b) == Some(0)).await;
+    assert_eq!(status.nodes[0].toolchains, [a]);
+
+    // Node 8 rejects b, whose stored copy is intact: b is kept, and its
+    // jobs go to node 7 only.
+    control8
+        .send(&NodeEvent::ToolchainRejected {
+            id: b,
+            reason: "smoke test failed".into(),
+        })
+        .await
+        .unwrap();
+    // The rejection is applied before the next event from the same node.
+    control8.send(&NodeEvent::ToolchainReady(a)).await.unwrap();
+    wait_for(&client, "node 8's report", |s| holders(s, a) == Some(2)).await;
+    for _ in 0..2 {
+        let answer: AllocateResponse = ask(&client, &allocate_request(b)).await;
+        let AllocateResponse::Assigned(assignment) = answer else {
+            panic!("expected an assignment, got {answer:?}");
+        };
+        assert_eq!(assignment.node, NodeId(7));
+    }
+
+    // The scheduler's copy of a goes bad on disk, and node 7 rejects a: the
+    // scheduler checks its copy, deletes it, and asks the next client for
+    // the bundle again.
+    let path = state.path().join("toolchains").join(format!("{a}.tar.zst"));
+    let mut damaged = bundle_a.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0x01;
+    std::fs::write(&path, &damaged).unwrap();
+    control7
+        .send(&NodeEvent::ToolchainRejected {
+            id: a,
+            reason: "hash mismatch".into(),
+        })
+        .await
+        .unwrap();
+    wait_for(&client, "the corrupt copy to be forgotten", |s| {
+        holders(s, a).is_none()
+    })
+    .await;
+    assert!(!path.exists());
+    let answer: AllocateResponse = ask(&client, &allocate_request(a)).await;
+    assert_eq!(answer, AllocateResponse::NeedToolchain);
+    // A good copy can be uploaded again.
+    assert_eq!(upload(&client, a, &bundle_a).await, UploadResponse::Stored);
+    let status: FarmStatus = ask(&client, &SchedulerRequest::Status).await;
+    assert!(status.toolchains.iter().any(|t| t.id == b), "b is kept");
+    // Node 7 is full with b's two jobs; a goes to node 8.
+    let answer: AllocateResponse = ask(&client, &allocate_request(a)).await;
+    assert!(
+        matches!(&answer, AllocateResponse::Assigned(x) if x.node == NodeId(8)),
+        "{answer:?}"
+    );
+
+    client.close(0u32.into(), b"done");
+    scheduler.shut_down().await;
+}
+
+async fn list_toolchains(conn: &Connection) -> distcc_rs_proto::message::ToolchainList {
+    ask(conn, &SchedulerRequest::ListToolchains).await
+}
+
+async fn remove_toolchain(
+    conn: &Connection,
+    id: ToolchainId,
+    force: bool,
+) -> distcc_rs_proto::message::RemoveResponse {
+    ask(conn, &SchedulerRequest::RemoveToolchain { id, force }).await
+}
+
+fn ids(list: &distcc_rs_proto::message::ToolchainList) -> Vec<ToolchainId> {
+    list.toolchains.iter().map(|t| t.id).collect()
+}
+
+fn sorted(mut ids: Vec<ToolchainId>) -> Vec<ToolchainId> {
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn toolchains_are_listed_and_removed_unless_in_use() {
+    use distcc_rs_proto::message::{RemoveResponse, ToolchainHolder};
+    let state = tempfile::tempdir().unwrap();
+    let scheduler = start(state.path());
+    let client = dial(scheduler.addr).await;
+    let (a, bundle_a) = fixture::bundle("list-a");
+    let (b, bundle_b) = fixture::bundle("list-b");
+    assert_eq!(upload(&client, a, &bundle_a).await, UploadResponse::Stored);
+    assert_eq!(upload(&client, b, &bundle_b).await, UploadResponse::Stored);
+
+    // A node that holds `a` unpacked, running a job of it.
+    let node = dial(scheduler.addr).await;
+    let (response, _control, _control_r) = register(
+        &node,
+        NodeRegistration {
+            toolchains: vec![a],
+            ..registration(3)
+        },
+    )
+    .await;
+    assert!(matches!(response, RegisterResponse::Registered { .. }));
+    let answer: AllocateResponse = ask(&client, &allocate_request(a)).await;
+    assert!(
+        matches!(answer, AllocateResponse::Assigned(_)),
+        "{answer:?}"
+    );
+
+    let list = list_toolchains(&client).await;
+    assert_eq!(ids(&list), sorted(vec![a, b]));
+    assert_eq!(list.used, (bundle_a.len() + bundle_b.len()) as u64);
+    assert_eq!(list.limit, crate::store::DEFAULT_MAX_STORE_SIZE);
+    let entry_a = list.toolchains.iter().find(|t| t.id == a).unwrap();
+    let entry_b = list.toolchains.iter().find(|t| t.id == b).unwrap();
+    assert_eq!(entry_a.compressed_size, bundle_a.len() as u64);
+    assert_eq!(
+        entry_a.holders,
+        [ToolchainHolder {
+            node: NodeId(3),
+            name: "fake-node".into()
+        }]
+    );
+    assert_eq!((entry_a.jobs_in_flight, entry_a.downloads), (1, 0));
+    assert!(entry_a.last_used_ago_ms.is_some(), "a job of it was placed");
+    assert!(entry_b.holders.is_empty());
+    assert_eq!(entry_b.jobs_in_flight, 0);
+    assert_eq!(entry_b.last_used_ago_ms, None);
+    let summary = entry_b.summary.as_ref().unwrap();
+    assert_eq!(summary.version_line, "rustc 1.95.0 (fake list-b)");
+    assert_eq!(summary.host, "x86_64-unknown-linux-gnu");
+
+    // A bundle in use stays unless forced; one not in use goes.
+    assert_eq!(
+        remove_toolchain(&client, a, false).await,
+        RemoveResponse::InUse {
+            jobs: 1,
+            downloads: 0
+        }
+    );
+    assert_eq!(
+        remove_toolchain(&client, b, false).await,
+        RemoveResponse::Removed {
+            freed: bundle_b.len() as u64
+        }
+    );
+    assert_eq!(
+        remove_toolchain(&client, b, false).await,
+        RemoveResponse::NotFound
+    );
+    assert_eq!(ids(&list_toolchains(&client).await), [a]);
+    assert_eq!(
+        remove_toolchain(&client, a, true).await,
+        RemoveResponse::Removed {
+            freed: bundle_a.len() as u64
+        }
+    );
+
+    // The farm forgot both: the next client uploads again.
+    let answer: AllocateResponse = ask(&client, &allocate_request(a)).await;
+    assert_eq!(answer, AllocateResponse::NeedToolchain);
+    let status: FarmStatus = ask(&client, &SchedulerRequest::Status).await;
+    assert!(status.toolchains.is_empty());
+    assert_eq!(fetch(&client, a).await, None);
+    assert!(list_toolchains(&client).await.toolchains.is_empty());
+    client.close(0u32.into(), b"done");
+    scheduler.shut_down().await;
+}
+
+#[tokio::test]
+async fn uploads_evict_the_least_recently_used_and_never_a_bundle_in_use() {
+    let state = tempfile::tempdir().unwrap();
+    let bundles: Vec<(ToolchainId, Vec<u8>)> = ["evict-a", "evict-b", "evict-c", "evict-d"]
+        .iter()
+        .map(|seed| fixture::bundle(seed))
+        .collect();
+    let [(a, bundle_a), (b, bundle_b), (c, bundle_c), (d, bundle_d)] = &bundles[..] else {
+        unreachable!()
+    };
+    let (a, b, c, d) = (*a, *b, *c, *d);
+    // Room for two of these bundles, not three.
+    let largest = bundles.iter().map(|(_, b)| b.len() as u64).max().unwrap();
+    let smallest = bundles.iter().map(|(_, b)| b.len() as u64).min().unwrap();
+    let limit = 2 * largest + smallest / 2;
+    let scheduler = start_with(SchedulerConfig {
+        max_store_size: limit,
+        ..SchedulerConfig::new(state.path())
+    });
+    let client = dial(scheduler.addr).await;
+    let node = dial(scheduler.addr).await;
+    let (response, mut control, _control_r) = register(&node, registration(5)).await;
+    assert!(matches!(response, RegisterResponse::Registered { .. }));
+
+    assert_eq!(upload(&client, a, bundle_a).await, UploadResponse::Stored);
+    assert_eq!(upload(&client, b, bundle_b).await, UploadResponse::Stored);
+    // A job of `a` makes it the more recently used, and keeps it in use.
+    let answer: AllocateResponse = ask(&client, &allocate_request(a)).await;
+    let AllocateResponse::Assigned(job_a) = answer else {
+        panic!("expected an assignment, got {answer:?}");
+    };
+
+    // `c` does not fit beside both: `b`, least recently used, goes.
+    assert_eq!(upload(&client, c, bundle_c).await, UploadResponse::Stored);
+    assert_eq!(ids(&list_toolchains(&client).await), sorted(vec![a, c]));
+    let answer: AllocateResponse = ask(&client, &allocate_request(b)).await;
+    assert_eq!(answer, AllocateResponse::NeedToolchain);
+
+    // With jobs of both `a` and `c` in flight, `d` cannot fit.
+    let answer: AllocateResponse = ask(&client, &allocate_request(c)).await;
+    assert!(
+        matches!(answer, AllocateResponse::Assigned(_)),
+        "{answer:?}"
+    );
+    let in_use = (bundle_a.len() + bundle_c.len()) as u64;
+    assert_eq!(
+        upload(&client, d, bundle_d).await,
+        UploadResponse::Rejected(BundleError::StoreFull {
+            size: bundle_d.len() as u64,
+            limit,
+            in_use
+        })
+    );
+    assert_eq!(ids(&list_toolchains(&client).await), sorted(vec![a, c]));
+
+    // Once `a`'s job is over, `a` may go, even though it was used after
+    // `c` was stored: `c` is in use.
+    let job = job_a.job;
+    control.send(&NodeEvent::JobStarted { job }).await.unwrap();
+    control
+        .send(&NodeEvent::JobFinished {
+            job,
+            outcome: JobOutcome::Compiled { exit_code: 0 },
+            wall_ms: 5,
+        })
+        .await
+        .unwrap();
+    wait_for(&client, "the job to finish", |s| s.totals.succeeded == 1).await;
+    assert_eq!(upload(&client, d, bundle_d).await, UploadResponse::Stored);
+    assert_eq!(ids(&list_toolchains(&client).await), sorted(vec![c, d]));
+
+    // A bundle announced as larger than the whole store is refused before
+    // anything is received.
+    let (e, bundle_e) = fixture::bundle("evict-e");
+    assert_eq!(
+        upload_announcing(&client, e, limit + 1, &bundle_e).await,
+        UploadResponse::Rejected(BundleError::StoreFull {
+            size: limit + 1,
+            limit,
+            in_use: 0
+        })
+    );
+    client.close(0u32.into(), b"done");
+    scheduler.shut_down().await;
+
+    // A restart with a lower limit trims the store to it, least recently
+    // used first: `d` was stored after the last job of `c` was placed, so
+    // `c` goes. Recency survived the restart in the files' times.
+    let scheduler = start_with(SchedulerConfig {
+        max_store_size: limit / 2,
+        ..SchedulerConfig::new(state.path())
+    });
+    let client = dial(scheduler.addr).await;
+    assert_eq!(ids(&list_toolchains(&client).await), [d]);
+    let status: FarmStatus = ask(&client, &SchedulerRequest::Status).await;
+    assert_eq!(status.toolchains.len(), 1);
+    client.close(0u32.into(), b"done");
+    scheduler.shut_down().await;
+}

@@ -1,0 +1,463 @@
+//! A real node (mDNS off, adopted over loopback) against a fake scheduler
+//! that serves toolchain bundles, some of them damaged, and a fake client
+//! that sends jobs with tickets the fake scheduler signed.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use distcc_rs_net::{
+    EndpointOptions, FrameReader, FrameWriter, Identity, PeerAuth, accept_stream, bind_client,
+    connect, open_stream, payload,
+};
+use distcc_rs_proto::message::{
+    AdoptReply, AdoptRequest, FarmStatus, FarmTotals, FetchResponse, JobAccept, JobError, JobEvent,
+    JobOutcome, JobRequest, NodeEvent, NodeRequest, RegisterResponse, SchedulerRequest,
+    ToolchainStatus,
+};
+use distcc_rs_proto::{Digest, JobId, NodeId, Ticket, ToolchainId};
+use quinn::Connection;
+use tokio::sync::oneshot;
+
+use crate::{Node, NodeConfig};
+
+/// How long any one step may take before the test gives up.
+const STEP: Duration = Duration::from_secs(30);
+
+/// A valid bundle in the layout `distcc-rs-pack` writes (manifest first,
+/// then a tiny "rustc" of `size` bytes): its id and compressed bytes.
+fn bundle(seed: u8, size: usize) -> (ToolchainId, Vec<u8>) {
+    let rustc: Vec<u8> = (0..size).map(|i| (i as u8) ^ seed).collect();
+    let manifest = format!(
+        r#"{{"format":1,"rustc_version":"rustc 0.0.0 (fake {seed})\nhost: x86_64-unknown-linux-gnu\n","host":"x86_64-unknown-linux-gnu","rustc":"bin/rustc","interpreter":"","library_path":[],"files":[{{"path":"bin/rustc","size":{size},"digest":"{digest}","executable":true}}]}}"#,
+        digest = blake3::hash(&rustc).to_hex(),
+    );
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut append = |kind, path: &str, data: &[u8], mode| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_mtime(0);
+        tar.append_data(&mut h, path, data).unwrap();
+    };
+    append(
+        tar::EntryType::Regular,
+        "distcc-rs-bundle.json",
+        manifest.as_bytes(),
+        0o644,
+    );
+    append(tar::EntryType::Directory, "bin", &[], 0o755);
+    append(tar::EntryType::Regular, "bin/rustc", &rustc, 0o755);
+    let tar = tar.into_inner().unwrap();
+    let id = ToolchainId(Digest(*blake3::hash(&tar).as_bytes()));
+    (id, zstd::encode_all(&tar[..], 3).unwrap())
+}
+
+/// The bundle with one byte flipped in the middle.
+fn flipped(bytes: &[u8]) -> Vec<u8> {
+    let mut bad = bytes.to_vec();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x40;
+    bad
+}
+
+/// What the fake scheduler serves and has seen.
+#[derive(Default)]
+struct Script {
+    /// For each toolchain, the payloads to send on successive fetches; the
+    /// last one repeats.
+    bundles: HashMap<ToolchainId, VecDeque<Vec<u8>>>,
+    fetches: HashMap<ToolchainId, usize>,
+    /// The toolchain list of its status answers.
+    toolchains: Vec<ToolchainStatus>,
+    status_requests: usize,
+}
+
+struct Farm {
+    node_id: NodeId,
+    node_addr: SocketAddr,
+    key: [u8; 32],
+    script: Arc<Mutex<Script>>,
+    /// The node's control stream: its events.
+    events: FrameReader,
+    _control: FrameWriter,
+    _scheduler: Connection,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    work: tempfile::TempDir,
+    next_job: u64,
+}
+
+fn config(work: &std::path::Path, cache: u64, prefetch: bool) -> NodeConfig {
+    NodeConfig {
+        name: "test-node".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: None,
+        scheduler: None,
+        farm: "default".into(),
+        // Never on the host's interfaces.
+        mdns: false,
+        work_dir: work.to_path_buf(),
+        slots: 2,
+        bwrap: "bwrap".into(),
+        job_timeout: Duration::from_secs(60),
+        max_bundle_size: 1 << 20,
+        store_size: 1 << 20,
+        toolchain_cache_size: cache,
+        prefetch,
+        // The fake toolchains have no rustc that could compile anything.
+        smoke_test: false,
+    }
+}
+
+async fn dial(addr: SocketAddr) -> Connection {
+    let opts = EndpointOptions::default();
+    let identity = Identity::self_signed("fake").unwrap();
+    let endpoint = bind_client(addr, Some(&identity), &PeerAuth::Unauthenticated, &opts).unwrap();
+    connect(&endpoint, addr, &opts).await.unwrap()
+}
+
+impl Farm {
+    /// Starts a node, and a fake scheduler that adopts it and serves
+    /// `script`.
+    async fn start(cache: u64, prefetch: bool, script: Script) -> Farm {
+        let work = tempfile::tempdir().unwrap();
+        let node = Node::bind(config(work.path(), cache, prefetch))
+            .expect("the node starts (is bubblewrap installed?)");
+        let node_addr = node.local_addr().unwrap();
+        let (registered_tx, registered) = oneshot::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(node.serve(registered_tx, async move {
+            let _ = stopped.await;
+        }));
+
+        let conn = dial(node_addr).await;
+        let (mut w, mut r) = open_stream(&conn).await.unwrap();
+        w.send(&NodeRequest::Adopt(AdoptRequest {
+            farm: "default".into(),
+            scheduler_name: "fake".into(),
+        }))
+        .await
+        .unwrap();
+        let reply: AdoptReply = tokio::time::timeout(STEP, r.recv()).await.unwrap().unwrap();
+        let AdoptReply::Register(registration) = reply else {
+            panic!("the node declined: {reply:?}");
+        };
+        let script = Arc::new(Mutex::new(script));
+        // The node's own streams to the scheduler: fetches and status.
+        let served = script.clone();
+        let serving = conn.clone();
+        tokio::spawn(async move {
+            while let Some((w, r)) = accept_stream(&serving).await {
+                tokio::spawn(serve(served.clone(), w, r));
+            }
+        });
+        let key = [7; 32];
+        w.send(&RegisterResponse::Registered { ticket_key: key })
+            .await
+            .unwrap();
+        tokio::time::timeout(STEP, registered)
+            .await
+            .unwrap()
+            .unwrap();
+        Farm {
+            node_id: registration.node,
+            node_addr,
+            key,
+            script,
+            events: r,
+            _control: w,
+            _scheduler: conn,
+            stop,
+            task,
+            work,
+            next_job: 1,
+        }
+    }
+
+    fn fetches(&self, id: ToolchainId) -> usize {
+        self.script
+            .lock()
+            .unwrap()
+            .fetches
+            .get(&id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The node's next event other than a load report.
+    async fn event(&mut self) -> NodeEvent {
+        loop {
+            let ev = tokio::time::timeout(STEP, self.events.recv())
+                .await
+                .expect("the node sent no event in time")
+                .unwrap();
+            if !matches!(ev, NodeEvent::Load(_)) {
+                return ev;
+            }
+        }
+    }
+
+    /// The node's next toolchain event, skipping job and load reports.
+    async fn toolchain_event(&mut self) -> NodeEvent {
+        loop {
+            let ev = self.event().await;
+            if !matches!(
+                ev,
+                NodeEvent::JobStarted { .. } | NodeEvent::JobFinished { .. }
+            ) {
+                return ev;
+            }
+        }
+    }
+
+    /// Sends a job of toolchain `id` as a client would, with no inputs, and
+    /// returns how the node answered: its refusal, or the job's last event.
+    async fn job(&mut self, id: ToolchainId) -> Result<JobEvent, JobError> {
+        let job = JobId(self.next_job);
+        self.next_job += 1;
+        let mac = blake3::keyed_hash(&self.key, &Ticket::signed_bytes(job, self.node_id, id));
+        let request = JobRequest {
+            ticket: Ticket {
+                job,
+                node: self.node_id,
+                toolchain: id,
+                mac: *mac.as_bytes(),
+            },
+            crate_name: "x".into(),
+            args: vec!["--crate-name".into(), "x".into()],
+            env: vec![],
+            cwd: "/src".into(),
+            files: vec![],
+            dirs: vec!["/src".into()],
+            output_dirs: vec!["/src/out".into()],
+        };
+        let conn = dial(self.node_addr).await;
+        let (mut w, mut r) = open_stream(&conn).await.unwrap();
+        w.send(&NodeRequest::Job(request)).await.unwrap();
+        let accept: JobAccept = tokio::time::timeout(STEP, r.recv()).await.unwrap().unwrap();
+        match accept {
+            JobAccept::Rejected(e) => return Err(e),
+            JobAccept::NeedBlobs(want) => assert!(want.is_empty(), "{want:?}"),
+        }
+        loop {
+            let ev: JobEvent = tokio::time::timeout(STEP, r.recv()).await.unwrap().unwrap();
+            if matches!(ev, JobEvent::Exited { .. } | JobEvent::Failed(_)) {
+                return Ok(ev);
+            }
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap();
+    }
+}
+
+async fn serve(script: Arc<Mutex<Script>>, mut w: FrameWriter, mut r: FrameReader) {
+    match r.recv::<SchedulerRequest>().await.unwrap() {
+        SchedulerRequest::FetchToolchain(id) => {
+            let payload = {
+                let mut s = script.lock().unwrap();
+                *s.fetches.entry(id).or_default() += 1;
+                s.bundles.get_mut(&id).and_then(|queue| {
+                    if queue.len() > 1 {
+                        queue.pop_front()
+                    } else {
+                        queue.front().cloned()
+                    }
+                })
+            };
+            match payload {
+                Some(bytes) => {
+                    w.send(&FetchResponse::Found {
+                        compressed_size: bytes.len() as u64,
+                    })
+                    .await
+                    .unwrap();
+                    payload::send_raw(&mut w, &bytes[..]).await.unwrap();
+                }
+                None => w.send(&FetchResponse::NotFound).await.unwrap(),
+            }
+        }
+        SchedulerRequest::Status => {
+            let toolchains = {
+                let mut s = script.lock().unwrap();
+                s.status_requests += 1;
+                s.toolchains.clone()
+            };
+            w.send(&FarmStatus {
+                nodes: vec![],
+                jobs: vec![],
+                toolchains,
+                totals: FarmTotals::default(),
+                waiting: 0,
+                farm: "default".into(),
+            })
+            .await
+            .unwrap();
+        }
+        other => panic!("the fake scheduler does not serve {other:?}"),
+    }
+    let _ = w.finish();
+}
+
+fn script(bundles: Vec<(ToolchainId, Vec<Vec<u8>>)>) -> Script {
+    Script {
+        bundles: bundles
+            .into_iter()
+            .map(|(id, payloads)| (id, payloads.into()))
+            .collect(),
+        ..Script::default()
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_bundle_is_fetched_again_then_rejected_and_the_scheduler_told() {
+    let (id, good) = bundle(1, 4096);
+    // A bundle cut short, then two with a flipped byte.
+    let truncated = good[..good.len() / 2].to_vec();
+    let mut farm = Farm::start(
+        1 << 20,
+        false,
+        script(vec![(id, vec![truncated, flipped(&good), flipped(&good)])]),
+    )
+    .await;
+
+    let outcome = farm.job(id).await.unwrap();
+    let JobEvent::Failed(JobError::ToolchainUnavailable { id: failed, reason }) = outcome else {
+        panic!("the job should fail for want of its toolchain: {outcome:?}");
+    };
+    assert_eq!(failed, id);
+    assert!(reason.contains("failed verification"), "{reason}");
+    assert_eq!(farm.fetches(id), 3, "one fetch and two more attempts");
+
+    // The scheduler hears of the rejection, and of the job's failure.
+    assert_eq!(farm.event().await, NodeEvent::JobStarted { job: JobId(1) });
+    let NodeEvent::ToolchainRejected {
+        id: rejected,
+        reason,
+    } = farm.event().await
+    else {
+        panic!("the node did not report the rejection");
+    };
+    assert_eq!(rejected, id);
+    assert!(reason.contains("fetched 3 times"), "{reason}");
+    let NodeEvent::JobFinished { outcome, .. } = farm.event().await else {
+        panic!("the job's end was not reported");
+    };
+    assert!(
+        matches!(
+            outcome,
+            JobOutcome::Failed(JobError::ToolchainUnavailable { .. })
+        ),
+        "{outcome:?}"
+    );
+
+    // The next job that needs it is refused at once, without a download,
+    // and the scheduler is reminded.
+    let refused = farm.job(id).await.unwrap_err();
+    assert!(
+        matches!(&refused, JobError::ToolchainUnavailable { reason, .. } if reason.contains("failed verification")),
+        "{refused:?}"
+    );
+    assert_eq!(farm.fetches(id), 3);
+    assert!(matches!(
+        farm.event().await,
+        NodeEvent::ToolchainRejected { id: again, .. } if again == id
+    ));
+    farm.stop().await;
+}
+
+#[tokio::test]
+async fn a_bundle_damaged_in_transit_is_fetched_again_and_used() {
+    let (id, good) = bundle(2, 4096);
+    let mut farm = Farm::start(
+        1 << 20,
+        false,
+        script(vec![(id, vec![flipped(&good), good])]),
+    )
+    .await;
+    let outcome = farm.job(id).await.unwrap();
+    // The fake rustc cannot run, but the toolchain was there.
+    assert!(
+        !matches!(
+            outcome,
+            JobEvent::Failed(JobError::ToolchainUnavailable { .. })
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(farm.fetches(id), 2);
+    assert_eq!(farm.toolchain_event().await, NodeEvent::ToolchainReady(id));
+    farm.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_cache_evicts_the_least_recently_used_toolchain_and_says_so() {
+    let (a, bundle_a) = bundle(3, 6000);
+    let (b, bundle_b) = bundle(4, 6000);
+    // Room for one toolchain of 6000 bytes, not two.
+    let mut farm = Farm::start(
+        10_000,
+        false,
+        script(vec![(a, vec![bundle_a]), (b, vec![bundle_b])]),
+    )
+    .await;
+    farm.job(a).await.unwrap();
+    assert_eq!(farm.toolchain_event().await, NodeEvent::ToolchainReady(a));
+    farm.job(b).await.unwrap();
+    assert_eq!(farm.toolchain_event().await, NodeEvent::ToolchainEvicted(a));
+    assert_eq!(farm.toolchain_event().await, NodeEvent::ToolchainReady(b));
+    let cached: Vec<String> = std::fs::read_dir(farm.work.path().join("toolchains"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    let mut cached = cached;
+    cached.sort();
+    assert_eq!(cached, [b.to_string(), format!("{b}.used")]);
+    farm.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_node_prefetches_the_toolchains_the_farm_used_recently() {
+    let (recent, bundle_recent) = bundle(5, 4096);
+    let (unused, bundle_unused) = bundle(6, 4096);
+    let mut s = script(vec![
+        (recent, vec![bundle_recent.clone()]),
+        (unused, vec![bundle_unused]),
+    ]);
+    s.toolchains = vec![
+        ToolchainStatus {
+            id: recent,
+            compressed_size: bundle_recent.len() as u64,
+            last_used_ms: Some(1_000),
+            holders: 1,
+        },
+        // Never placed since the scheduler started: not worth fetching.
+        ToolchainStatus {
+            id: unused,
+            compressed_size: 4096,
+            last_used_ms: None,
+            holders: 0,
+        },
+    ];
+    let mut farm = Farm::start(1 << 20, true, s).await;
+    // No job asked for it.
+    assert_eq!(
+        farm.toolchain_event().await,
+        NodeEvent::ToolchainReady(recent)
+    );
+    // The prefetcher looks again right after a fetch and finds nothing
+    // more worth fetching.
+    let deadline = tokio::time::Instant::now() + STEP;
+    while farm.script.lock().unwrap().status_requests < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no second look");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(farm.fetches(recent), 1);
+    assert_eq!(farm.fetches(unused), 0);
+    farm.stop().await;
+}
