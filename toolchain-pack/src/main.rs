@@ -417,12 +417,13 @@ fn cached_bundle(
             dir.display()
         )
     })?;
+    // `ensure_cached` does not say whether it packed, so the time tells.
     eprintln!(
-        "bundle of {} ({}) from the cache {} in {:.2} s",
+        "bundle of {} ({}) ready in {:.2} s (client cache {})",
         bundle.manifest.version_line(),
         bundle.manifest.targets().join(" "),
-        dir.display(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        dir.display()
     );
     Ok(LocalBundle {
         id: bundle.id,

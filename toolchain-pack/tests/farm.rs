@@ -70,7 +70,10 @@ fn profile_dir() -> PathBuf {
 
 /// The scheduler binary, built (or found up to date) by cargo once per test
 /// run: `cargo test -p distcc-rs-pack` does not build other packages'
-/// binaries by itself, and a stale one would test old code.
+/// binaries by itself, and a stale one would test old code. The whole
+/// workspace's binaries are built, as `scripts/test.sh` builds them before
+/// the tests: building the scheduler alone would resolve features
+/// differently and replace that build's binary with another one.
 fn scheduler_binary() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -79,14 +82,7 @@ fn scheduler_binary() -> &'static Path {
         let mut build = Command::new(cargo);
         build
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "distcc-rs-scheduler",
-                "--bin",
-                "distcc-rs-scheduler",
-            ])
+            .args(["build", "--quiet", "--workspace", "--bins"])
             .arg("--target-dir")
             .arg(profile.parent().unwrap());
         if profile.file_name().is_some_and(|n| n == "release") {
