@@ -179,7 +179,7 @@ pub struct Model {
     pub farm: Option<String>,
     /// The time of the latest update.
     pub now: Duration,
-    /// Nodes in the order they first appeared.
+    /// Nodes sorted by name, those that left among them for a while.
     pub nodes: Vec<NodeEntry>,
     /// Jobs in flight, in the order they first appeared.
     pub jobs: Vec<LiveJob>,
@@ -328,6 +328,10 @@ impl Model {
                 });
             }
         }
+        // By name, whatever order the scheduler lists them in, so that a
+        // node keeps its row.
+        self.nodes
+            .sort_by(|a, b| (&a.status.name, a.status.node).cmp(&(&b.status.name, b.status.node)));
         self.forget_old_nodes();
         left_now
     }

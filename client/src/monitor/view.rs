@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use distcc_rs_proto::JobId;
 use distcc_rs_proto::message::JobPhase;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -124,20 +125,14 @@ fn summary_line(model: &Model) -> Line<'static> {
     let present = model.nodes.iter().filter(|n| n.left.is_none()).count();
     let left = model.nodes.len() - present;
     let (busy, slots) = model.slots();
-    let t = &model.totals;
     let mut text = format!(" {present} nodes");
     if left > 0 {
         text.push_str(&format!(" ({left} just left)"));
     }
     text.push_str(&format!(
-        " · {busy}/{slots} slots busy · {} in flight · {} waiting · totals: {} ok, \
-         {} compile errors, {} failed, {} run locally",
-        model.jobs.len(),
-        model.waiting,
-        t.succeeded,
-        t.compile_errors,
-        t.failed,
-        t.run_locally
+        " · {busy}/{slots} slots busy · {} in flight · {} waiting for a slot",
+        count(model.jobs.len(), "job", "jobs"),
+        count(model.waiting as usize, "request", "requests"),
     ));
     Line::from(text)
 }
@@ -255,12 +250,16 @@ fn draw_throughput(frame: &mut Frame<'_>, model: &Model, area: Rect) {
     let inner = area.width.saturating_sub(2) as usize;
     let data: Vec<u64> = model.samples.iter().map(|s| s.ended).collect();
     let shown = &data[data.len().saturating_sub(inner)..];
-    let peak = shown.iter().copied().max().unwrap_or(0);
+    let t = &model.totals;
     let title = format!(
-        " Throughput: {:.1} jobs/s over the last {} s · a bar per status poll, highest {} ",
+        " Throughput {:.1} jobs/s (last {} s) · scheduler totals: {} ok, {}, {} \
+         failed, {} run locally ",
         model.rate(),
         super::model::RATE_WINDOW.as_secs(),
-        peak
+        t.succeeded,
+        count(t.compile_errors as usize, "compile error", "compile errors"),
+        t.failed,
+        t.run_locally,
     );
     let sparkline = Sparkline::default()
         .block(Block::bordered().title(title))
@@ -275,6 +274,38 @@ fn draw_jobs(frame: &mut Frame<'_>, model: &Model, view: &ViewState, area: Rect)
     let scroll = view.scroll.min(total.saturating_sub(1));
     let mut live: Vec<&LiveJob> = model.jobs.iter().collect();
     live.sort_by(|a, b| b.elapsed_ms.cmp(&a.elapsed_ms).then(a.job.cmp(&b.job)));
+    // Each column as wide as the widest of its cells on screen, so that
+    // full job ids (they start at a random base) and long crate names fit.
+    let cells: Vec<[String; 4]> = live
+        .iter()
+        .map(|j| texts(j.job, &j.crate_name, &j.client, &j.node_name))
+        .chain(
+            model
+                .ended
+                .iter()
+                .map(|j| texts(j.job, &j.crate_name, &j.client, &j.node_name)),
+        )
+        .skip(scroll)
+        .take(visible)
+        .collect();
+    let width = |i: usize, header: &str, cap: usize| {
+        cells
+            .iter()
+            .map(|c| c[i].chars().count())
+            .chain([header.len()])
+            .max()
+            .unwrap_or(0)
+            .min(cap) as u16
+    };
+    let widths = [
+        Constraint::Length(width(0, "JOB", 21)),
+        Constraint::Length(width(1, "CRATE", 32)),
+        Constraint::Length(width(2, "CLIENT", 24)),
+        Constraint::Length(width(3, "NODE", 24)),
+        Constraint::Length(9),
+        Constraint::Length(7),
+        Constraint::Length(6),
+    ];
     let rows = live
         .into_iter()
         .map(|j| live_row(model, j))
@@ -283,28 +314,30 @@ fn draw_jobs(frame: &mut Frame<'_>, model: &Model, view: &ViewState, area: Rect)
         .take(visible);
     let last = (scroll + visible).min(total);
     let title = format!(
-        " Jobs: {} in flight, {} ended seen (rows {}–{last} of {total}; ↑↓ PgUp PgDn Home End) ",
+        " Jobs: {} in flight, {} seen ending · rows {}–{last} of {total} · ↑↓ PgUp PgDn Home End ",
         model.jobs.len(),
         model.ended.len(),
         if total == 0 { 0 } else { scroll + 1 },
     );
-    let header = Row::new(["JOB", "CRATE", "CLIENT", "NODE", "STATE", "TIME", "SETUP"])
-        .style(Style::new().add_modifier(Modifier::BOLD));
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(10),
-            Constraint::Length(22),
-            Constraint::Length(18),
-            Constraint::Length(16),
-            Constraint::Length(10),
-            Constraint::Length(8),
-            Constraint::Length(7),
-        ],
-    )
-    .header(header)
-    .block(Block::bordered().title(title));
+    let header = Row::new([
+        "JOB", "CRATE", "CLIENT", "NODE", "STATE", "   TIME", " SETUP",
+    ])
+    .style(Style::new().add_modifier(Modifier::BOLD));
+    let table = Table::new(rows, widths)
+        .column_spacing(2)
+        .header(header)
+        .block(Block::bordered().title(title));
     frame.render_widget(table, area);
+}
+
+/// The text of a job row's first four cells.
+fn texts(job: JobId, crate_name: &str, client: &str, node: &str) -> [String; 4] {
+    [
+        job.to_string(),
+        crate_name.to_owned(),
+        client_host(client).to_owned(),
+        node.to_owned(),
+    ]
 }
 
 fn live_row<'a>(model: &Model, j: &'a LiveJob) -> Row<'a> {
@@ -319,7 +352,7 @@ fn live_row<'a>(model: &Model, j: &'a LiveJob) -> Row<'a> {
         Cell::from(j.node_name.as_str()),
         Cell::from(phase(j.phase)).style(state_style),
         Cell::from(format!("{:>7}", seconds(j.elapsed_ms))),
-        Cell::from(setup(j.running_after_ms)),
+        Cell::from(format!("{:>6}", setup(j.running_after_ms))),
     ])
 }
 
@@ -335,7 +368,7 @@ fn ended_row<'a>(model: &Model, j: &'a EndedJob) -> Row<'a> {
         Cell::from(j.node_name.as_str()),
         Cell::from(state).style(style),
         Cell::from(format!("{:>7}", ended_time(j))),
-        Cell::from(setup(j.running_after_ms)),
+        Cell::from(format!("{:>6}", setup(j.running_after_ms))),
     ])
 }
 
@@ -403,6 +436,10 @@ fn footer_lines(model: &Model) -> Vec<Line<'_>> {
         format!(" events: {}", recent.join(" · "))
     };
     vec![Line::from(legend), Line::from(events)]
+}
+
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn truncate(text: &str, width: usize) -> String {
@@ -492,8 +529,14 @@ mod tests {
         assert!(desk.contains(" syn"), "{desk}");
         let summary = line_with(&screen, "slots busy");
         assert!(
-            summary.contains("2 nodes · 4/6 slots busy · 4 in flight · 0 waiting"),
+            summary.contains("2 nodes · 4/6 slots busy · 4 jobs in flight · 0 requests waiting"),
             "{summary}"
+        );
+        let throughput = line_with(&screen, "Throughput");
+        assert!(
+            throughput
+                .contains("scheduler totals: 5 ok, 0 compile errors, 0 failed, 0 run locally"),
+            "{throughput}"
         );
     }
 
@@ -547,7 +590,7 @@ mod tests {
         );
         let serde = rows.iter().find(|r| r[1] == "serde").unwrap();
         assert_eq!(serde[4..], ["ended", "1.8s", "≤1.5s"]);
-        assert!(line_with(&screen, "Jobs: 4 in flight, 2 ended").contains("rows 1–6 of 6"));
+        assert!(line_with(&screen, "Jobs: 4 in flight, 2 seen ending").contains("rows 1–6 of 6"));
     }
 
     #[test]
