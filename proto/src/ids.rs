@@ -4,11 +4,43 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Serde for an id: on the wire (bincode, not human-readable) the raw value,
+/// exactly as `#[derive]` would write it; in JSON and other human-readable
+/// formats (`status --json`, event logs, cache indexes) its textual form,
+/// because an array of 32 numbers means nothing to a reader and a 64-bit
+/// number loses precision in JavaScript and jq.
+macro_rules! textual_serde {
+    ($ty:ident, $name:literal, $inner:ty) => {
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    s.collect_str(self)
+                } else {
+                    s.serialize_newtype_struct($name, &self.0)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let text = String::deserialize(d)?;
+                    text.parse().map_err(serde::de::Error::custom)
+                } else {
+                    <$inner>::deserialize(d).map($ty)
+                }
+            }
+        }
+    };
+}
 
 /// A BLAKE3 digest of some content: an input file, an output, a toolchain.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(pub [u8; 32]);
+
+textual_serde!(Digest, "Digest", [u8; 32]);
 
 impl Digest {
     /// The digest as lowercase hex, the form used in file names and logs.
@@ -76,8 +108,10 @@ impl FromStr for ToolchainId {
 }
 
 /// A job, numbered by the scheduler that placed it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JobId(pub u64);
+
+textual_serde!(JobId, "JobId", u64);
 
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -91,10 +125,49 @@ impl fmt::Debug for JobId {
     }
 }
 
+/// The error for a job or node id that is not in its textual form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected {expected}, got {got:?}")]
+pub struct ParseIdError {
+    pub expected: &'static str,
+    pub got: String,
+}
+
+impl FromStr for JobId {
+    type Err = ParseIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.strip_prefix('j')
+            .and_then(|n| n.parse().ok())
+            .map(JobId)
+            .ok_or_else(|| ParseIdError {
+                expected: "'j' and a decimal number",
+                got: s.to_owned(),
+            })
+    }
+}
+
 /// A node. Chosen at random by the node on its first start and kept in its
 /// work directory, so a restarted node is recognised as the same machine.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub u64);
+
+textual_serde!(NodeId, "NodeId", u64);
+
+impl FromStr for NodeId {
+    type Err = ParseIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.strip_prefix('n')
+            .filter(|h| h.len() == 16)
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .map(NodeId)
+            .ok_or_else(|| ParseIdError {
+                expected: "'n' and 16 hexadecimal digits",
+                got: s.to_owned(),
+            })
+    }
+}
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -163,6 +236,53 @@ mod tests {
     fn ids_display() {
         assert_eq!(JobId(42).to_string(), "j42");
         assert_eq!(NodeId(255).to_string(), "n00000000000000ff");
+    }
+
+    #[test]
+    fn ids_parse_back_from_their_text() {
+        assert_eq!("j42".parse::<JobId>().unwrap(), JobId(42));
+        assert_eq!("n00000000000000ff".parse::<NodeId>().unwrap(), NodeId(255));
+        for bad in [
+            "42",
+            "jx",
+            "j",
+            "n",
+            "nff",
+            "n00000000000000fg",
+            "x00000000000000ff",
+        ] {
+            assert!(bad.parse::<JobId>().is_err(), "{bad}");
+            assert!(bad.parse::<NodeId>().is_err(), "{bad}");
+        }
+        assert!("j-1".parse::<JobId>().is_err());
+    }
+
+    #[test]
+    fn json_shows_ids_as_text_and_reads_them_back() {
+        let tc = ToolchainId(Digest([0xab; 32]));
+        let json = serde_json::to_string(&(JobId(7), NodeId(255), tc)).unwrap();
+        assert_eq!(
+            json,
+            format!("[\"j7\",\"n00000000000000ff\",\"{}\"]", "ab".repeat(32))
+        );
+        let back: (JobId, NodeId, ToolchainId) = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, (JobId(7), NodeId(255), tc));
+        assert!(serde_json::from_str::<NodeId>("255").is_err());
+    }
+
+    #[test]
+    fn the_wire_keeps_the_raw_values() {
+        // What `#[derive]` wrote before ids had a textual JSON form: a
+        // varint for the numbers, 32 raw bytes for a digest.
+        let config = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec((JobId(7), NodeId(255), Digest([1; 32])), config)
+            .unwrap();
+        let mut expected = vec![7, 251, 255, 0];
+        expected.extend_from_slice(&[1; 32]);
+        assert_eq!(bytes, expected);
+        let (back, _): ((JobId, NodeId, Digest), usize) =
+            bincode::serde::decode_from_slice(&bytes, config).unwrap();
+        assert_eq!(back, (JobId(7), NodeId(255), Digest([1; 32])));
     }
 
     #[test]
