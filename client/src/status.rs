@@ -344,6 +344,7 @@ mod tests {
             node: NodeId(node),
             crate_name: crate_name.into(),
             client: "laptop:4242".into(),
+            build: "laptop:4000".into(),
             phase,
             elapsed_ms,
         }
@@ -392,6 +393,7 @@ mod tests {
             },
             waiting: 2,
             farm: "team-a".into(),
+            recent: vec![],
         }
     }
 
@@ -543,6 +545,7 @@ mod tests {
             totals: FarmTotals::default(),
             waiting: 0,
             farm: "default".into(),
+            recent: vec![],
         };
         let text = render("127.0.0.1:7700".parse().unwrap(), &empty);
         assert!(

@@ -29,17 +29,31 @@ pub async fn accept_stream(conn: &Connection) -> Option<(FrameWriter, FrameReade
 #[derive(Debug)]
 pub struct FrameWriter {
     send: SendStream,
+    /// Bytes written to the stream so far, headers included: what one
+    /// conversation cost on the wire (a job's outputs, for the monitor).
+    sent: u64,
 }
 
 impl FrameWriter {
     pub fn new(send: SendStream) -> Self {
-        FrameWriter { send }
+        FrameWriter { send, sent: 0 }
+    }
+
+    /// Bytes written to this stream so far, frame headers included.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), NetError> {
+        self.send.write_all(bytes).await?;
+        self.sent += bytes.len() as u64;
+        Ok(())
     }
 
     /// Sends one message as one frame.
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), NetError> {
         let frame = codec::encode(msg)?;
-        self.send.write_all(&frame).await?;
+        self.write_all(&frame).await?;
         Ok(())
     }
 
@@ -48,15 +62,15 @@ impl FrameWriter {
     pub async fn send_chunk(&mut self, data: &[u8]) -> Result<(), NetError> {
         for piece in data.chunks(MAX_CHUNK_LEN) {
             let header = codec::chunk_header(piece.len())?;
-            self.send.write_all(&header).await?;
-            self.send.write_all(piece).await?;
+            self.write_all(&header).await?;
+            self.write_all(piece).await?;
         }
         Ok(())
     }
 
     /// Ends a chunk stream.
     pub async fn end_chunks(&mut self) -> Result<(), NetError> {
-        self.send.write_all(&codec::chunk_header(0)?).await?;
+        self.write_all(&codec::chunk_header(0)?).await?;
         Ok(())
     }
 
@@ -83,11 +97,18 @@ impl FrameWriter {
 #[derive(Debug)]
 pub struct FrameReader {
     recv: RecvStream,
+    /// Bytes read from the stream so far, headers included.
+    received: u64,
 }
 
 impl FrameReader {
     pub fn new(recv: RecvStream) -> Self {
-        FrameReader { recv }
+        FrameReader { recv, received: 0 }
+    }
+
+    /// Bytes read from this stream so far, frame headers included.
+    pub fn bytes_received(&self) -> u64 {
+        self.received
     }
 
     /// Reads one frame header, or `None` at a clean end of stream.
@@ -96,7 +117,10 @@ impl FrameReader {
         let mut filled = 0;
         while filled < HEADER_LEN {
             match self.recv.read(&mut header[filled..]).await? {
-                Some(n) => filled += n,
+                Some(n) => {
+                    filled += n;
+                    self.received += n as u64;
+                }
                 None if filled == 0 => return Ok(None),
                 None => return Err(NetError::UnexpectedEof),
             }
@@ -107,6 +131,7 @@ impl FrameReader {
     async fn body(&mut self, len: usize) -> Result<Vec<u8>, NetError> {
         let mut body = vec![0u8; len];
         self.recv.read_exact(&mut body).await?;
+        self.received += len as u64;
         Ok(body)
     }
 

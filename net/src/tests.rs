@@ -46,6 +46,7 @@ async fn messages_and_payloads_cross_a_real_connection() {
         w.send(&(digest, size)).await.unwrap();
         w.finish().unwrap();
         conn.closed().await;
+        (r.bytes_received(), w.bytes_sent())
     });
 
     let cl = client(addr, &opts);
@@ -66,7 +67,13 @@ async fn messages_and_payloads_cross_a_real_connection() {
         "clean end of stream"
     );
     conn.close(0u32.into(), b"done");
-    echo.await.unwrap();
+    // Both ends count the same bytes: headers, messages, chunks, with the
+    // raw copy of the data adding at least its own length.
+    let (echo_received, echo_sent) = echo.await.unwrap();
+    assert_eq!(echo_received, w.bytes_sent());
+    assert_eq!(echo_sent, r.bytes_received());
+    assert!(w.bytes_sent() > raw + wire, "{}", w.bytes_sent());
+    assert!(r.bytes_received() > 0);
 }
 
 #[tokio::test]

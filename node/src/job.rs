@@ -154,6 +154,8 @@ pub async fn serve(
         job,
         outcome,
         wall_ms,
+        bytes_in: r.bytes_received(),
+        bytes_out: w.bytes_sent(),
     });
 }
 

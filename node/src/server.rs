@@ -117,6 +117,8 @@ impl Shared {
             job,
             outcome: distcc_rs_proto::message::JobOutcome::Failed(error),
             wall_ms: 0,
+            bytes_in: 0,
+            bytes_out: 0,
         });
     }
 

@@ -159,6 +159,10 @@ pub enum NodeEvent {
         job: JobId,
         outcome: JobOutcome,
         wall_ms: u64,
+        /// Bytes the job's stream carried from the client (request, input
+        /// blobs) and to it (events, outputs), as they crossed the wire.
+        bytes_in: u64,
+        bytes_out: u64,
     },
     /// The node now holds this toolchain unpacked.
     ToolchainReady(ToolchainId),
@@ -375,6 +379,28 @@ pub struct FarmStatus {
     pub waiting: u32,
     /// The farm's name (`--netname`).
     pub farm: String,
+    /// The jobs that ended most recently, newest last (a bounded history,
+    /// for the monitor's job list).
+    pub recent: Vec<FinishedJob>,
+}
+
+/// A job that ended, as the scheduler recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinishedJob {
+    pub job: JobId,
+    pub node: NodeId,
+    pub crate_name: String,
+    pub client: String,
+    pub build: String,
+    pub outcome: JobOutcome,
+    /// From placement to the node's report.
+    pub total_ms: u64,
+    /// On the node, from accepting the ticket to the end.
+    pub wall_ms: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// How long ago it ended, when the snapshot was taken.
+    pub ended_ago_ms: u64,
 }
 
 /// One node, as the scheduler sees it.
@@ -404,6 +430,8 @@ pub struct JobStatus {
     pub node: NodeId,
     pub crate_name: String,
     pub client: String,
+    /// The build it belongs to (see [`AllocateRequest::build`]).
+    pub build: String,
     pub phase: JobPhase,
     pub elapsed_ms: u64,
 }

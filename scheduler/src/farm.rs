@@ -50,8 +50,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use distcc_rs_proto::message::{
-    AllocateRequest, AllocateResponse, Assignment, FarmStatus, FarmTotals, JobOutcome, JobPhase,
-    JobStatus, NodeLoad, NodeRegistration, NodeStatus, RegisterRefusal, RunLocallyReason,
+    AllocateRequest, AllocateResponse, Assignment, FarmStatus, FarmTotals, FinishedJob, JobOutcome,
+    JobPhase, JobStatus, NodeLoad, NodeRegistration, NodeStatus, RegisterRefusal, RunLocallyReason,
     ToolchainStatus,
 };
 use distcc_rs_proto::{JobId, NodeId, Ticket, ToolchainId};
@@ -180,6 +180,8 @@ pub struct Farm {
     /// When a job of each toolchain was last placed, for idle nodes that
     /// fetch the toolchains in use before a job needs them.
     toolchain_used: BTreeMap<ToolchainId, Instant>,
+    /// The last [`RECENT_JOBS`] jobs that ended, oldest first.
+    recent: VecDeque<Ended>,
     /// The last job id handed out; ids start at 1.
     last_job: u64,
     /// Counts assignments, to order nodes by "least recently assigned"
@@ -263,6 +265,35 @@ struct InFlight {
     toolchain: ToolchainId,
 }
 
+/// How many ended jobs `status` reports: enough for a monitor polling
+/// twice a second to see every job of a busy farm.
+pub const RECENT_JOBS: usize = 200;
+
+/// What a node reports when a job ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobReport {
+    pub outcome: JobOutcome,
+    pub wall_ms: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// A job in the history of recent jobs.
+#[derive(Debug)]
+struct Ended {
+    job: JobId,
+    node: NodeId,
+    crate_name: String,
+    client: String,
+    build: String,
+    outcome: JobOutcome,
+    total_ms: u64,
+    ended_at: Instant,
+    wall_ms: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
 #[derive(Debug)]
 struct Waiter {
     request: AllocateRequest,
@@ -309,6 +340,7 @@ impl Farm {
             jobs: BTreeMap::new(),
             toolchains: BTreeMap::new(),
             toolchain_used: BTreeMap::new(),
+            recent: VecDeque::new(),
             last_job: config.first_job,
             assignments_made: 0,
             totals: FarmTotals::default(),
@@ -750,6 +782,44 @@ impl Farm {
         }
     }
 
+    /// A node's full report of a job's end: [`Farm::job_finished`], plus an
+    /// entry in the history of recent jobs that `status` shows (crate,
+    /// client, node, times, bytes), the monitor's job list.
+    pub fn job_report(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        job: JobId,
+        report: JobReport,
+    ) -> bool {
+        let Some(flight) = self.jobs.get(&job).filter(|f| f.node == node) else {
+            return false;
+        };
+        let entry = Ended {
+            job,
+            node,
+            crate_name: flight.crate_name.clone(),
+            client: flight.client.clone(),
+            build: flight.build.clone(),
+            total_ms: now
+                .saturating_duration_since(flight.assigned_at)
+                .as_millis() as u64,
+            ended_at: now,
+            outcome: report.outcome.clone(),
+            wall_ms: report.wall_ms,
+            bytes_in: report.bytes_in,
+            bytes_out: report.bytes_out,
+        };
+        if !self.job_finished(node, job, &report.outcome, report.wall_ms) {
+            return false;
+        }
+        if self.recent.len() == RECENT_JOBS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(entry);
+        true
+    }
+
     /// The job ended after `wall_ms` milliseconds on the node, and its slot
     /// is free. Returns false (and changes nothing) if the job is not in
     /// flight on that node.
@@ -935,6 +1005,7 @@ impl Farm {
                     node: f.node,
                     crate_name: f.crate_name.clone(),
                     client: f.client.clone(),
+                    build: f.build.clone(),
                     phase: f.phase,
                     elapsed_ms: ms(f.assigned_at),
                 })
@@ -958,6 +1029,23 @@ impl Farm {
             totals: self.totals,
             waiting: u32::try_from(self.waiters.len()).unwrap_or(u32::MAX),
             farm: self.config.farm_name.clone(),
+            recent: self
+                .recent
+                .iter()
+                .map(|e| FinishedJob {
+                    job: e.job,
+                    node: e.node,
+                    crate_name: e.crate_name.clone(),
+                    client: e.client.clone(),
+                    build: e.build.clone(),
+                    outcome: e.outcome.clone(),
+                    total_ms: e.total_ms,
+                    wall_ms: e.wall_ms,
+                    bytes_in: e.bytes_in,
+                    bytes_out: e.bytes_out,
+                    ended_ago_ms: ms(e.ended_at),
+                })
+                .collect(),
         }
     }
 }

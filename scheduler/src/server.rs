@@ -44,7 +44,7 @@ use tokio::task::{JoinError, JoinSet};
 use tracing::{Instrument, debug, error, info, info_span, trace, warn};
 
 use crate::discovery::{Discovery, DiscoveryConfig};
-use crate::farm::{Decision, Farm, FarmConfig, WaiterId};
+use crate::farm::{Decision, Farm, FarmConfig, JobReport, WaiterId};
 use crate::store::{
     DEFAULT_MAX_BUNDLE_SIZE, DEFAULT_MAX_STORE_SIZE, Recheck, StoreError, StoredBundle,
     ToolchainStore,
@@ -510,9 +510,18 @@ fn apply_event(shared: &Arc<Shared>, node: NodeId, event: NodeEvent) {
             job,
             outcome,
             wall_ms,
+            bytes_in,
+            bytes_out,
         } => {
-            let known = shared.farm().job_finished(node, job, &outcome, wall_ms);
-            debug!(node_id = %node, job_id = %job, known, wall_ms, ?outcome, "job finished");
+            let report = JobReport {
+                outcome,
+                wall_ms,
+                bytes_in,
+                bytes_out,
+            };
+            debug!(node_id = %node, job_id = %job, ?report, "job finished");
+            let known = shared.farm().job_report(Instant::now(), node, job, report);
+            debug!(node_id = %node, job_id = %job, known, "job report applied");
         }
         NodeEvent::ToolchainReady(id) => {
             shared.farm().toolchain_ready(node, id);

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
+use distcc_rs_net::config_file::client::ClientFile;
 use distcc_rs_pack::{BundleManifest, EntryState, PackOptions, PackProgress};
 use distcc_rs_proto::ToolchainId;
 use distcc_rs_proto::discovery::{DEFAULT_FARM, validate_farm_name};
@@ -219,12 +220,14 @@ enum Command {
 #[derive(clap::Args)]
 struct FarmArgs {
     /// The scheduler's address, HOST:PORT. Defaults to
-    /// $DISTCC_RS_SCHEDULER, else the scheduler of the farm found over mDNS
-    /// (unless DISTCC_RS_MDNS is 0 or false), as the client finds it.
+    /// $DISTCC_RS_SCHEDULER, else `scheduler` in the client's configuration
+    /// file, else the scheduler of the farm found over mDNS (unless mDNS is
+    /// off by DISTCC_RS_MDNS or `mdns`), as the client finds it.
     #[arg(long, value_name = "HOST:PORT")]
     scheduler: Option<String>,
     /// The farm whose scheduler to look for over mDNS. Defaults to
-    /// $DISTCC_RS_NETNAME, else `default`.
+    /// $DISTCC_RS_NETNAME, else `netname` in the client's configuration
+    /// file, else `default`.
     #[arg(long, value_name = "NAME")]
     netname: Option<String>,
 }
@@ -232,7 +235,7 @@ struct FarmArgs {
 impl FarmArgs {
     /// Finds the scheduler and connects to it.
     async fn connect(&self) -> Result<Farm> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let var = client_settings()?;
         let farm = self
             .netname
             .clone()
@@ -249,30 +252,53 @@ impl FarmArgs {
 struct CacheDir {
     /// The client's cache directory; bundles are in its `toolchains`
     /// subdirectory. Defaults as the client's does: $DISTCC_RS_CACHE_DIR,
-    /// else $XDG_CACHE_HOME/distcc-rs, else ~/.cache/distcc-rs (empty
-    /// variables count as unset).
+    /// else `cache_dir` in the client's configuration file, else
+    /// $XDG_CACHE_HOME/distcc-rs, else ~/.cache/distcc-rs (empty variables
+    /// count as unset).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
 }
 
 impl CacheDir {
     /// The directory `ensure_cached` is given: `<cache dir>/toolchains`.
-    fn bundle_cache(&self) -> PathBuf {
-        self.cache_dir
-            .clone()
-            .unwrap_or_else(default_cache_dir)
-            .join("toolchains")
+    fn bundle_cache(&self) -> Result<PathBuf> {
+        let dir = match &self.cache_dir {
+            Some(dir) => dir.clone(),
+            None => default_cache_dir()?,
+        };
+        Ok(dir.join("toolchains"))
     }
 }
 
 /// The client's cache directory, by the client's rule (client/src/config.rs).
-fn default_cache_dir() -> PathBuf {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    var("DISTCC_RS_CACHE_DIR")
+fn default_cache_dir() -> Result<PathBuf> {
+    let var = client_settings()?;
+    Ok(var("DISTCC_RS_CACHE_DIR")
         .map(PathBuf::from)
         .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("distcc-rs")))
         .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache/distcc-rs")))
-        .unwrap_or_else(|| std::env::temp_dir().join("distcc-rs"))
+        .unwrap_or_else(|| std::env::temp_dir().join("distcc-rs")))
+}
+
+/// Reads the client's settings as the client does: each environment
+/// variable (empty counts as unset), else the key of the client's
+/// configuration file that stands for it. Unlike the client, which then
+/// compiles locally, this refuses a broken file: a person is there to fix
+/// it.
+fn client_settings() -> Result<impl Fn(&str) -> Option<String>> {
+    client_settings_from(|name| std::env::var(name).ok())
+}
+
+/// [`client_settings`] with the environment read through `env`.
+fn client_settings_from(
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<impl Fn(&str) -> Option<String>> {
+    let env = move |name: &str| env(name).filter(|v| !v.is_empty());
+    let file = ClientFile::load(&env);
+    if let Some(problem) = file.as_ref().and_then(|f| f.problems.first()) {
+        bail!("{problem}");
+    }
+    Ok(move |name: &str| env(name).or_else(|| file.as_ref()?.get(name).map(str::to_owned)))
 }
 
 fn main() -> ExitCode {
@@ -339,8 +365,8 @@ fn run(cli: Cli) -> Result<()> {
             verify(&bundle, id, no_run, sandbox, scratch)
         }
         Command::Unpack { bundle, dest, id } => unpack(&bundle, &dest, id),
-        Command::Cache { cache } => list_cache(&cache.bundle_cache()),
-        Command::Gc { cache, dry_run } => gc(&cache.bundle_cache(), dry_run),
+        Command::Cache { cache } => list_cache(&cache.bundle_cache()?),
+        Command::Gc { cache, dry_run } => gc(&cache.bundle_cache()?, dry_run),
         Command::Push {
             bundle,
             rustc,
@@ -404,7 +430,7 @@ fn cached_bundle(
                 .map(PathBuf::from)
         })
         .unwrap_or_else(|| PathBuf::from("rustc"));
-    let dir = cache.bundle_cache();
+    let dir = cache.bundle_cache()?;
     let started = Instant::now();
     let opts = PackOptions {
         targets,
@@ -487,7 +513,8 @@ async fn remove_on(farm: &Farm, prefix: &str, force: bool) -> Result<()> {
         }
         RemoveResponse::NotFound => bail!("the scheduler no longer stores {id}"),
         RemoveResponse::InUse { jobs, downloads } => bail!(
-            "bundle {id} is in use ({jobs} job(s) in flight, {downloads} node download(s));              try again when they are done, or pass --force to remove it anyway"
+            "bundle {id} is in use ({jobs} job(s) in flight, {downloads} node download(s)); \
+             try again when they are done, or pass --force to remove it anyway"
         ),
         RemoveResponse::Failed(e) => {
             Err(anyhow!(e).context(format!("the scheduler could not remove {id}")))
@@ -787,4 +814,46 @@ fn id_from_name(path: &Path) -> Option<ToolchainId> {
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_settings_are_variables_over_the_client_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        fs::write(
+            &path,
+            "scheduler = \"10.0.0.1:7700\"\ncache_dir = \"/file\"\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        let env = |pairs: Vec<(&'static str, String)>| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.clone())
+            }
+        };
+
+        let var = client_settings_from(env(vec![
+            ("DISTCC_RS_CONFIG", path.clone()),
+            ("DISTCC_RS_SCHEDULER", "10.0.0.2:7700".into()),
+            ("DISTCC_RS_CACHE_DIR", String::new()),
+            ("HOME", "/home/u".into()),
+        ]))
+        .unwrap();
+        assert_eq!(var("DISTCC_RS_SCHEDULER").as_deref(), Some("10.0.0.2:7700"));
+        assert_eq!(var("DISTCC_RS_CACHE_DIR").as_deref(), Some("/file"));
+        assert_eq!(var("HOME").as_deref(), Some("/home/u"));
+        assert_eq!(var("DISTCC_RS_NETNAME"), None);
+
+        fs::write(&path, "schedular = \"10.0.0.1:7700\"\n").unwrap();
+        let broken = client_settings_from(env(vec![("DISTCC_RS_CONFIG", path.clone())]));
+        let message = broken.err().unwrap().to_string();
+        assert!(message.contains("unknown key `schedular`"), "{message}");
+    }
 }

@@ -18,7 +18,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use distcc_rs_proto::message::{FarmStatus, FarmTotals, JobPhase, JobStatus, NodeStatus};
+use distcc_rs_proto::message::{
+    FarmStatus, FarmTotals, FinishedJob, JobOutcome, JobPhase, JobStatus, NodeStatus,
+};
 use distcc_rs_proto::{JobId, NodeId};
 
 /// How many ended jobs the job list keeps.
@@ -104,6 +106,19 @@ pub struct EndedJob {
     pub running_after_ms: Option<u64>,
     /// When the monitor noticed the end.
     pub ended_at: Duration,
+    /// How it ended and what it moved, when the scheduler's history of
+    /// recent jobs still listed it (then `min_ms == max_ms`, exactly).
+    pub report: Option<EndReport>,
+}
+
+/// What the scheduler's history says about an ended job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndReport {
+    pub outcome: JobOutcome,
+    /// Bytes from the client to the node (request and inputs) and back
+    /// (diagnostics and outputs), as they crossed the wire.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// One line of the farm's history.
@@ -349,20 +364,66 @@ impl Model {
                 JobEnd::Gone
             };
             let unseen = at.saturating_sub(old.seen_at).as_millis() as u64;
+            let reported = status.recent.iter().find(|r| r.job == old.job);
+            let (min_ms, max_ms) = match reported {
+                Some(r) => (r.total_ms, r.total_ms),
+                None => (old.elapsed_ms, old.elapsed_ms + unseen),
+            };
             let ended = EndedJob {
                 job: old.job,
                 node_name: old.node_name,
                 crate_name: old.crate_name,
                 client: old.client,
                 end,
-                min_ms: old.elapsed_ms,
-                max_ms: old.elapsed_ms + unseen,
+                min_ms,
+                max_ms,
                 running_after_ms: old.running_after_ms,
                 ended_at: at,
+                report: reported.map(end_report),
             };
             self.ended.push_front(ended);
-            self.ended.truncate(HISTORY);
         }
+        // Jobs that began and ended between two snapshots (or before the
+        // monitor started) are known only from the history.
+        let mut added = false;
+        for r in &status.recent {
+            if self.ended.iter().any(|e| e.job == r.job) || self.jobs.iter().any(|l| l.job == r.job)
+            {
+                continue;
+            }
+            self.clients.assign(&r.client);
+            let node_name = status
+                .nodes
+                .iter()
+                .find(|n| n.node == r.node)
+                .map(|n| n.name.clone())
+                .or_else(|| {
+                    self.nodes
+                        .iter()
+                        .find(|n| n.status.node == r.node)
+                        .map(|n| n.status.name.clone())
+                })
+                .unwrap_or_else(|| r.node.to_string());
+            self.ended.push_front(EndedJob {
+                job: r.job,
+                node_name,
+                crate_name: r.crate_name.clone(),
+                client: r.client.clone(),
+                end: JobEnd::Gone,
+                min_ms: r.total_ms,
+                max_ms: r.total_ms,
+                running_after_ms: None,
+                ended_at: at.saturating_sub(Duration::from_millis(r.ended_ago_ms)),
+                report: Some(end_report(r)),
+            });
+            added = true;
+        }
+        if added {
+            self.ended
+                .make_contiguous()
+                .sort_by_key(|e| std::cmp::Reverse(e.ended_at));
+        }
+        self.ended.truncate(HISTORY);
         for j in &status.jobs {
             self.clients.assign(&j.client);
             let node_name = node_name(status, j, &self.nodes);
@@ -439,6 +500,14 @@ fn node_name(status: &FarmStatus, job: &JobStatus, known: &[NodeEntry]) -> Strin
         .map_or_else(|| job.node.to_string(), |(_, name)| name.clone())
 }
 
+fn end_report(r: &FinishedJob) -> EndReport {
+    EndReport {
+        outcome: r.outcome.clone(),
+        bytes_in: r.bytes_in,
+        bytes_out: r.bytes_out,
+    }
+}
+
 fn push_bounded<T>(queue: &mut VecDeque<T>, item: T, limit: usize) {
     if queue.len() == limit {
         queue.pop_front();
@@ -489,6 +558,7 @@ pub(crate) mod tests {
             node: NodeId(node),
             crate_name: crate_name.into(),
             client: client.into(),
+            build: client_host(client).into(),
             phase,
             elapsed_ms,
         }
@@ -506,11 +576,65 @@ pub(crate) mod tests {
             },
             waiting: 0,
             farm: "team-a".into(),
+            recent: vec![],
         }
     }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    fn finished(job: u64, crate_name: &str, total_ms: u64, ended_ago_ms: u64) -> FinishedJob {
+        FinishedJob {
+            job: JobId(job),
+            node: NodeId(1),
+            crate_name: crate_name.into(),
+            client: "alice:10".into(),
+            build: "alice:1".into(),
+            outcome: JobOutcome::Compiled { exit_code: 0 },
+            total_ms,
+            wall_ms: total_ms - 100,
+            bytes_in: 1_000 + job,
+            bytes_out: 2_000 + job,
+            ended_ago_ms,
+        }
+    }
+
+    #[test]
+    fn the_schedulers_history_gives_exact_times_and_bytes() {
+        let mut m = Model::new("test");
+        m.observe(
+            ms(0),
+            &snapshot(
+                vec![node(1, "n1", 1, 2)],
+                vec![job(7, 1, "serde", "alice:10", JobPhase::Running, 400)],
+                0,
+            ),
+        );
+        // serde ended and is in the history; syn began and ended between
+        // the snapshots and is known only from it.
+        let mut next = snapshot(vec![node(1, "n1", 0, 2)], vec![], 2);
+        next.recent = vec![finished(8, "syn", 300, 600), finished(7, "serde", 900, 100)];
+        m.observe(ms(1000), &next);
+        let serde = m.ended.iter().find(|e| e.crate_name == "serde").unwrap();
+        assert_eq!((serde.min_ms, serde.max_ms), (900, 900));
+        let report = serde.report.as_ref().unwrap();
+        assert_eq!((report.bytes_in, report.bytes_out), (1_007, 2_007));
+        let syn = m.ended.iter().find(|e| e.crate_name == "syn").unwrap();
+        assert_eq!(syn.node_name, "n1");
+        assert_eq!(syn.ended_at, ms(400));
+        assert_eq!(
+            m.ended
+                .iter()
+                .map(|e| e.crate_name.as_str())
+                .collect::<Vec<_>>(),
+            ["serde", "syn"],
+            "latest first"
+        );
+        // The next snapshot lists the same history: nothing is added twice.
+        next.recent[1].ended_ago_ms += 500;
+        m.observe(ms(1500), &next);
+        assert_eq!(m.ended.len(), 2);
     }
 
     #[test]
@@ -549,6 +673,7 @@ pub(crate) mod tests {
                 max_ms: 1100,
                 running_after_ms: Some(600),
                 ended_at: ms(1000),
+                report: None,
             })
         );
     }

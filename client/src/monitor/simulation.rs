@@ -11,9 +11,12 @@
 use std::collections::VecDeque;
 
 use distcc_rs_proto::message::{
-    FarmStatus, FarmTotals, JobPhase, JobStatus, NodeLoad, NodeStatus, ToolchainStatus,
+    FarmStatus, FarmTotals, FinishedJob, JobOutcome, JobPhase, JobStatus, NodeLoad, NodeStatus,
+    ToolchainStatus,
 };
 use distcc_rs_proto::{Digest, JobId, NodeId, ToolchainId};
+
+use super::model::client_host;
 
 /// Crates of a typical build, with how long each takes to compile on a
 /// node of speed 1.0, in milliseconds.
@@ -73,6 +76,8 @@ const QUEUE_TIMEOUT_MS: u64 = 2_000;
 const NODE_LOSS_PER_MILLE: u64 = 2;
 /// How long a node that dropped out stays away, in milliseconds.
 const AWAY_MS: (u64, u64) = (8_000, 25_000);
+/// How many ended jobs a snapshot lists, as the scheduler does.
+const RECENT: usize = 200;
 /// The pause between two builds of one client.
 const BETWEEN_BUILDS_MS: (u64, u64) = (1_000, 5_000);
 
@@ -159,6 +164,9 @@ pub struct Simulation {
     clients: Vec<SimClient>,
     totals: FarmTotals,
     next_job: u64,
+    /// Jobs that ended, with when (on `clock_ms`), as the scheduler's
+    /// bounded history reports them.
+    recent: VecDeque<(u64, FinishedJob)>,
 }
 
 impl Simulation {
@@ -200,6 +208,7 @@ impl Simulation {
             clients,
             totals: FarmTotals::default(),
             next_job: 1,
+            recent: VecDeque::new(),
         }
     }
 
@@ -234,12 +243,35 @@ impl Simulation {
                 node.jobs_done += 1;
             }
             // One compile in fifty has an error in it.
-            if self.rng.chance(20) {
+            let exit_code = if self.rng.chance(20) {
                 self.totals.compile_errors += 1;
+                1
             } else {
                 self.totals.succeeded += 1;
-            }
+                0
+            };
             self.clients[job.client_index].active -= 1;
+            // Inputs are mostly dependency metadata the node already holds;
+            // outputs are the rlib and rmeta, a few hundred KiB each.
+            let bytes_in = self.rng.between((2_000, 400_000));
+            let bytes_out = self.rng.between((50_000, 3_000_000));
+            let finished = FinishedJob {
+                job: job.id,
+                node: job.node,
+                crate_name: job.crate_name.to_owned(),
+                client: job.client.clone(),
+                build: client_host(&job.client).to_owned(),
+                outcome: JobOutcome::Compiled { exit_code },
+                total_ms: now - job.placed_at,
+                wall_ms: now - job.running_at.min(now),
+                bytes_in,
+                bytes_out,
+                ended_ago_ms: 0,
+            };
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((now, finished));
         }
     }
 
@@ -439,6 +471,7 @@ impl Simulation {
                 node: j.node,
                 crate_name: j.crate_name.to_owned(),
                 client: j.client.clone(),
+                build: client_host(&j.client).to_owned(),
                 phase: if now >= j.running_at {
                     JobPhase::Running
                 } else {
@@ -459,6 +492,14 @@ impl Simulation {
             totals: self.totals,
             waiting: self.queue.len() as u32,
             farm: "simulated".to_owned(),
+            recent: self
+                .recent
+                .iter()
+                .map(|(at, job)| FinishedJob {
+                    ended_ago_ms: now - at,
+                    ..job.clone()
+                })
+                .collect(),
         }
     }
 }

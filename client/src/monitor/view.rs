@@ -10,14 +10,14 @@
 use std::time::Duration;
 
 use distcc_rs_proto::JobId;
-use distcc_rs_proto::message::JobPhase;
+use distcc_rs_proto::message::{JobOutcome, JobPhase};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Paragraph, Row, Sparkline, Table};
 
-use super::model::{EndedJob, JobEnd, Link, LiveJob, Model, NodeEntry, client_host};
+use super::model::{EndReport, EndedJob, JobEnd, Link, LiveJob, Model, NodeEntry, client_host};
 use crate::events::human_bytes;
 use crate::status::{LoadCells, phase, seconds};
 
@@ -305,6 +305,8 @@ fn draw_jobs(frame: &mut Frame<'_>, model: &Model, view: &ViewState, area: Rect)
         Constraint::Length(9),
         Constraint::Length(7),
         Constraint::Length(6),
+        Constraint::Length(10),
+        Constraint::Length(10),
     ];
     let rows = live
         .into_iter()
@@ -320,7 +322,15 @@ fn draw_jobs(frame: &mut Frame<'_>, model: &Model, view: &ViewState, area: Rect)
         if total == 0 { 0 } else { scroll + 1 },
     );
     let header = Row::new([
-        "JOB", "CRATE", "CLIENT", "NODE", "STATE", "   TIME", " SETUP",
+        "JOB",
+        "CRATE",
+        "CLIENT",
+        "NODE",
+        "STATE",
+        "   TIME",
+        " SETUP",
+        "        IN",
+        "       OUT",
     ])
     .style(Style::new().add_modifier(Modifier::BOLD));
     let table = Table::new(rows, widths)
@@ -353,13 +363,25 @@ fn live_row<'a>(model: &Model, j: &'a LiveJob) -> Row<'a> {
         Cell::from(phase(j.phase)).style(state_style),
         Cell::from(format!("{:>7}", seconds(j.elapsed_ms))),
         Cell::from(format!("{:>6}", setup(j.running_after_ms))),
+        Cell::from(format!("{:>10}", "-")),
+        Cell::from(format!("{:>10}", "-")),
     ])
 }
 
 fn ended_row<'a>(model: &Model, j: &'a EndedJob) -> Row<'a> {
-    let (state, style) = match j.end {
-        JobEnd::Gone => ("ended", Style::new().fg(Color::DarkGray)),
-        JobEnd::NodeLeft => ("node left", Style::new().fg(Color::Red)),
+    let (state, style) = match (j.end, j.report.as_ref().map(|r| &r.outcome)) {
+        (JobEnd::NodeLeft, _) => ("node left", Style::new().fg(Color::Red)),
+        (_, Some(JobOutcome::Compiled { exit_code: 0 })) => {
+            ("done", Style::new().fg(Color::DarkGray))
+        }
+        (_, Some(JobOutcome::Compiled { .. })) => ("error", Style::new().fg(Color::Magenta)),
+        (_, Some(JobOutcome::Failed(_))) => ("failed", Style::new().fg(Color::Red)),
+        (JobEnd::Gone, None) => ("ended", Style::new().fg(Color::DarkGray)),
+    };
+    let bytes = |pick: fn(&EndReport) -> u64| {
+        j.report
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |r| human_bytes(pick(r)))
     };
     Row::new([
         Cell::from(j.job.to_string()),
@@ -369,6 +391,8 @@ fn ended_row<'a>(model: &Model, j: &'a EndedJob) -> Row<'a> {
         Cell::from(state).style(style),
         Cell::from(format!("{:>7}", ended_time(j))),
         Cell::from(format!("{:>6}", setup(j.running_after_ms))),
+        Cell::from(format!("{:>10}", bytes(|r| r.bytes_in))),
+        Cell::from(format!("{:>10}", bytes(|r| r.bytes_out))),
     ])
 }
 
@@ -565,22 +589,28 @@ mod tests {
                 "build-01",
                 "running",
                 "4.5s",
-                "≤4.0s"
+                "≤4.0s",
+                "-",
+                "-"
             ]
         );
         assert_eq!(
             rows[1],
-            ["j14", "syn", "bob", "desk-07", "running", "3.0s", "≤2.5s"]
+            [
+                "j14", "syn", "bob", "desk-07", "running", "3.0s", "≤2.5s", "-", "-"
+            ]
         );
         assert_eq!(
             rows[2],
             [
-                "j13", "memchr", "alice", "build-01", "running", "0.7s", "≤0.7s"
+                "j13", "memchr", "alice", "build-01", "running", "0.7s", "≤0.7s", "-", "-"
             ]
         );
         assert_eq!(
             rows[3],
-            ["j16", "libc", "bob", "build-01", "assigned", "0.1s", "-"]
+            [
+                "j16", "libc", "bob", "build-01", "assigned", "0.1s", "-", "-", "-"
+            ]
         );
         // Ended: times are the middle of what the two snapshots allow.
         let ended: Vec<&str> = rows[4..].iter().map(|r| r[1]).collect();
@@ -589,8 +619,44 @@ mod tests {
             "{rows:?}"
         );
         let serde = rows.iter().find(|r| r[1] == "serde").unwrap();
-        assert_eq!(serde[4..], ["ended", "1.8s", "≤1.5s"]);
+        assert_eq!(serde[4..], ["ended", "1.8s", "≤1.5s", "-", "-"]);
         assert!(line_with(&screen, "Jobs: 4 in flight, 2 seen ending").contains("rows 1–6 of 6"));
+    }
+
+    #[test]
+    fn ended_jobs_from_the_schedulers_history_show_outcome_and_bytes() {
+        let mut m = two_node_farm();
+        let serde = m
+            .ended
+            .iter_mut()
+            .find(|e| e.crate_name == "serde")
+            .unwrap();
+        serde.report = Some(EndReport {
+            outcome: JobOutcome::Compiled { exit_code: 0 },
+            bytes_in: 1536,
+            bytes_out: 3 << 20,
+        });
+        let quote = m
+            .ended
+            .iter_mut()
+            .find(|e| e.crate_name == "quote")
+            .unwrap();
+        quote.report = Some(EndReport {
+            outcome: JobOutcome::Compiled { exit_code: 1 },
+            bytes_in: 100,
+            bytes_out: 200,
+        });
+        let screen = lines(&render(&m, &ViewState::default(), 160, 40));
+        let serde = line_with(&screen, "serde");
+        assert!(
+            serde.contains("done") && serde.contains("1.5 KiB") && serde.contains("3.0 MiB"),
+            "{serde}"
+        );
+        let quote = line_with(&screen, "quote");
+        assert!(
+            quote.contains("error") && quote.contains("100 B") && quote.contains("200 B"),
+            "{quote}"
+        );
     }
 
     #[test]

@@ -295,6 +295,7 @@ async fn serve(script: Arc<Mutex<Script>>, mut w: FrameWriter, mut r: FrameReade
                 totals: FarmTotals::default(),
                 waiting: 0,
                 farm: "default".into(),
+                recent: vec![],
             })
             .await
             .unwrap();

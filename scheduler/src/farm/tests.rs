@@ -1654,3 +1654,43 @@ fn simulation_faster_nodes_get_more_work() {
         done[1]
     );
 }
+
+#[test]
+fn job_reports_fill_a_bounded_history_of_recent_jobs() {
+    let t0 = Instant::now();
+    let mut farm = farm_with(t0, &[(1, 4)]);
+    let a = assigned(farm.allocate(t0, &request()));
+    let report = |bytes_in| JobReport {
+        outcome: DONE,
+        wall_ms: 700,
+        bytes_in,
+        bytes_out: 5000,
+    };
+    assert!(farm.job_report(t0 + 900 * MS, a.node, a.job, report(1234)));
+    // A second report of the same job, or one naming another node, is
+    // ignored and adds nothing.
+    assert!(!farm.job_report(t0 + 950 * MS, a.node, a.job, report(1)));
+    let status = farm.status(t0 + 1000 * MS);
+    assert_eq!(status.recent.len(), 1);
+    let r = &status.recent[0];
+    assert_eq!(
+        (r.job, r.node, r.crate_name.as_str()),
+        (a.job, a.node, "serde")
+    );
+    assert_eq!(r.build, "dev1:4000");
+    assert_eq!((r.total_ms, r.wall_ms, r.ended_ago_ms), (900, 700, 100));
+    assert_eq!((r.bytes_in, r.bytes_out), (1234, 5000));
+    assert_eq!(status.totals.succeeded, 1);
+
+    for i in 0..RECENT_JOBS as u64 + 10 {
+        let a = assigned(farm.allocate(t0, &request()));
+        assert!(farm.job_report(t0, a.node, a.job, report(i)));
+    }
+    let recent = farm.status(t0).recent;
+    assert_eq!(recent.len(), RECENT_JOBS);
+    assert_eq!(
+        recent.last().unwrap().bytes_in,
+        RECENT_JOBS as u64 + 9,
+        "newest last"
+    );
+}

@@ -245,6 +245,8 @@ async fn a_node_and_a_client_go_through_a_whole_job() {
             job,
             outcome: JobOutcome::Compiled { exit_code: 0 },
             wall_ms: 12,
+            bytes_in: 0,
+            bytes_out: 0,
         })
         .await
         .unwrap();
@@ -405,6 +407,8 @@ async fn a_request_waits_for_a_busy_slot_and_gets_it_when_it_frees() {
             job: first,
             outcome: JobOutcome::Compiled { exit_code: 0 },
             wall_ms: 40,
+            bytes_in: 0,
+            bytes_out: 0,
         })
         .await
         .unwrap();
@@ -483,6 +487,8 @@ async fn a_client_that_leaves_while_waiting_gets_no_slot() {
             job: first,
             outcome: JobOutcome::Compiled { exit_code: 0 },
             wall_ms: 40,
+            bytes_in: 0,
+            bytes_out: 0,
         })
         .await
         .unwrap();
@@ -810,6 +816,8 @@ async fn uploads_evict_the_least_recently_used_and_never_a_bundle_in_use() {
             job,
             outcome: JobOutcome::Compiled { exit_code: 0 },
             wall_ms: 5,
+            bytes_in: 0,
+            bytes_out: 0,
         })
         .await
         .unwrap();
