@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use distcc_rs::config::{ClientConfig, vars};
+use distcc_rs::config::ClientConfig;
 
 /// Compiles Rust crates on a distcc-rs farm.
 ///
@@ -31,6 +31,11 @@ use distcc_rs::config::{ClientConfig, vars};
 /// when the compile ends, as a farm without pipelining would; for benchmarks),
 /// DISTCC_RS_LOCAL_SLOTS (how many local compiles may run at once on this
 /// machine, across all wrappers; default: the number of CPUs).
+/// The same settings can be given in ~/.config/distcc-rs/client.toml (or the
+/// file DISTCC_RS_CONFIG names) under shorter keys (scheduler, netname, mdns,
+/// cache_dir, events, log, log_file, disable, pipelining, local_slots); the
+/// variables override the file. `distcc-rs config` shows what is in force.
+/// See docs/CONFIG.md.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, verbatim_doc_comment)]
 struct Cli {
@@ -66,6 +71,10 @@ enum Command {
         #[arg(long, default_value_t = 1, requires = "simulate")]
         seed: u64,
     },
+    /// Prints the client's settings in force as its configuration file
+    /// (TOML), each with where it came from, and fails while that file is
+    /// broken.
+    Config,
     /// Summarises an event log (see DISTCC_RS_EVENTS): where each compile
     /// ran and why, and how many bytes went to and came from the farm.
     Stats {
@@ -81,12 +90,17 @@ fn main() -> ExitCode {
     // of our own subcommands or flags.
     let is_wrapper = args.get(1).is_some_and(|a| {
         let s = a.to_string_lossy();
-        !s.starts_with('-') && !matches!(s.as_ref(), "status" | "monitor" | "stats" | "help")
+        !s.starts_with('-')
+            && !matches!(
+                s.as_ref(),
+                "status" | "monitor" | "stats" | "config" | "help"
+            )
     });
     if is_wrapper {
-        init_logging();
+        let config = ClientConfig::from_env();
+        init_logging(&config);
         let rustc = PathBuf::from(args.remove(1));
-        let code = distcc_rs::wrapper::run(&rustc, args.split_off(1));
+        let code = distcc_rs::wrapper::run(&config, &rustc, args.split_off(1));
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
     match cli(Cli::parse()) {
@@ -136,6 +150,14 @@ fn cli(cli: Cli) -> anyhow::Result<()> {
             distcc_rs::monitor::run(source)?;
             Ok(())
         }
+        Command::Config => {
+            let config = ClientConfig::from_env();
+            print!("{}", config.render());
+            match config.file_problem {
+                Some(problem) => Err(anyhow::anyhow!(problem)),
+                None => Ok(()),
+            }
+        }
         Command::Stats { events } => {
             let path = events
                 .or(ClientConfig::from_env().events)
@@ -150,6 +172,9 @@ fn cli(cli: Cli) -> anyhow::Result<()> {
 
 /// The scheduler from the environment, else the one mDNS finds.
 fn find_scheduler(config: &ClientConfig) -> anyhow::Result<SocketAddr> {
+    if let Some(problem) = &config.file_problem {
+        anyhow::bail!("{problem}");
+    }
     if let Some(configured) = &config.scheduler {
         return configured.clone().map_err(anyhow::Error::msg);
     }
@@ -178,21 +203,18 @@ const STATUS_BROWSE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 
 /// Logs go to a file and only when asked for: cargo reads the wrapper's
 /// stderr as rustc's, so nothing of ours may appear there.
-fn init_logging() {
-    let Ok(filter) = std::env::var(vars::LOG) else {
+fn init_logging(config: &ClientConfig) {
+    let Some(filter) = &config.log else {
         return;
     };
-    let config = ClientConfig::from_env();
-    let path = std::env::var_os(vars::LOG_FILE)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| config.cache_dir.join("client.log"));
+    let path = &config.log_file;
     if let Some(parent) = path.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
     let Ok(file) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&path)
+        .open(path)
     else {
         return;
     };

@@ -89,11 +89,11 @@ impl LocalSlots {
     }
 
     /// The slots in `config`'s cache directory, as many as [`slot_count`]
-    /// reads from the process environment.
+    /// reads from `config`.
     pub fn from_config(config: &ClientConfig) -> Self {
         Self::new(
             config.cache_dir.join(DIR_NAME),
-            slot_count(|k| std::env::var(k).ok()),
+            slot_count(|var| config.setting(var).map(str::to_owned)),
         )
     }
 

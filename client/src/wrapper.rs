@@ -15,10 +15,10 @@ use crate::throttle::LocalSlots;
 use crate::{discovery, local, remote};
 
 /// Handles one rustc invocation: `rustc` is the compiler cargo asked for,
-/// `args` its arguments. Returns the exit code to leave with.
-pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
+/// `args` its arguments, `config` the client's settings. Returns the exit
+/// code to leave with.
+pub fn run(config: &ClientConfig, rustc: &Path, args: Vec<OsString>) -> i32 {
     let started = Instant::now();
-    let config = ClientConfig::from_env();
     let record = |crate_name: Option<String>,
                   crate_types: Vec<String>,
                   placement: Placement,
@@ -62,7 +62,7 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
                 None,
                 Traffic::default(),
             );
-            return exec_local(rustc, &args);
+            return exec_local(config, rustc, &args);
         }
     };
     let job = match argv::classify(&expanded) {
@@ -78,13 +78,13 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
                 None,
                 Traffic::default(),
             );
-            return exec_local(rustc, &args);
+            return exec_local(config, rustc, &args);
         }
         Classification::Distribute(job) => job,
     };
     let name = Some(job.crate_name.clone());
     let types = job.crate_types.clone();
-    let scheduler = resolve_scheduler(&config);
+    let scheduler = resolve_scheduler(config);
     // Set when the address came from mDNS (or its cache), which must be
     // told when the address turns out not to work.
     let discovered_farm = match (&config.scheduler, &config.farm) {
@@ -103,11 +103,11 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
                 None,
                 Traffic::default(),
             );
-            return exec_local(rustc, &args);
+            return exec_local(config, rustc, &args);
         }
     };
     let mut traffic = Traffic::default();
-    match remote::compile(rustc, &expanded, &job, scheduler, &config, &mut traffic) {
+    match remote::compile(rustc, &expanded, &job, scheduler, config, &mut traffic) {
         Ok(done) => {
             info!(crate_name = %job.crate_name, node = %done.node, code = done.exit_code, "compiled on the farm");
             // A retried job's reason is why its earlier node failed.
@@ -132,7 +132,7 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
             {
                 discovery::forget(&config.cache_dir, farm);
             }
-            let slots = LocalSlots::from_config(&config);
+            let slots = LocalSlots::from_config(config);
             let code = match local::run_after_partial(rustc, &args, &failure.forwarded, &slots) {
                 Ok(code) => code,
                 Err(e) => {
@@ -154,19 +154,27 @@ pub fn run(rustc: &Path, args: Vec<OsString>) -> i32 {
     }
 }
 
-/// Where the scheduler is: `DISTCC_RS_SCHEDULER`, else the scheduler of
+/// Where the scheduler is: the configured one, else the scheduler of
 /// the farm found over mDNS (see [`discovery`]). The error is the reason to
 /// compile locally, for the event log.
 fn resolve_scheduler(config: &ClientConfig) -> Result<SocketAddr, String> {
+    if let Some(problem) = &config.file_problem {
+        warn!(%problem, "the configuration file is broken; compiling locally");
+        return Err(format!(
+            "the configuration file is broken, so everything compiles locally: {problem}"
+        ));
+    }
     if config.disabled {
-        return Err("disabled by DISTCC_RS_DISABLE".to_owned());
+        return Err(
+            "disabled by DISTCC_RS_DISABLE (or `disable` in the configuration file)".to_owned(),
+        );
     }
     match &config.scheduler {
         Some(Ok(addr)) => Ok(*addr),
         Some(Err(e)) => Err(e.clone()),
         None if !config.mdns => Err(
-            "no scheduler configured (set DISTCC_RS_SCHEDULER; looking for one over mDNS \
-             is off by DISTCC_RS_MDNS)"
+            "no scheduler configured (set DISTCC_RS_SCHEDULER or `scheduler` in the \
+             configuration file; looking for one over mDNS is off by DISTCC_RS_MDNS or `mdns`)"
                 .to_owned(),
         ),
         None => {
@@ -176,8 +184,8 @@ fn resolve_scheduler(config: &ClientConfig) -> Result<SocketAddr, String> {
     }
 }
 
-fn exec_local(rustc: &Path, args: &[OsString]) -> i32 {
-    let err = local::exec(rustc, args, &LocalSlots::from_env());
+fn exec_local(config: &ClientConfig, rustc: &Path, args: &[OsString]) -> i32 {
+    let err = local::exec(rustc, args, &LocalSlots::from_config(config));
     eprintln!("distcc-rs: cannot run {}: {err}", rustc.display());
     1
 }
@@ -214,5 +222,23 @@ mod tests {
         .collect();
         assert_eq!(flag_values(&args, "--crate-name"), ["build_script_build"]);
         assert_eq!(flag_values(&args, "--crate-type"), ["bin", "lib"]);
+    }
+
+    #[test]
+    fn a_broken_configuration_file_keeps_every_compile_local() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        std::fs::write(&path, "scheduler = \"127.0.0.1:7700\"\ndisabled = true\n").unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        let config = ClientConfig::from_lookup(|k| (k == "DISTCC_RS_CONFIG").then(|| path.clone()));
+        // The scheduler is valid, but the file's typo may have meant to keep
+        // jobs off the farm.
+        assert!(matches!(config.scheduler, Some(Ok(_))));
+        let reason = resolve_scheduler(&config).unwrap_err();
+        assert!(
+            reason.starts_with("the configuration file is broken, so everything compiles locally")
+                && reason.contains("unknown key `disabled`"),
+            "{reason}"
+        );
     }
 }

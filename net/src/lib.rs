@@ -11,10 +11,14 @@
 //!   compressed and hashed on the fly.
 //! * [`discovery`]: mDNS advertising and browsing (mdns-sd), for daemons and
 //!   clients that run without a configured address.
+//! * [`config_file`]: the TOML configuration file of each role, layered
+//!   beneath environment variables and flags. It lives here because every
+//!   binary depends on this crate and on no other shared library with IO.
 //!
 //! This crate is where the sans-IO `proto` meets quinn and tokio; the daemons
 //! and the client build on it and never touch quinn's streams directly.
 
+pub mod config_file;
 pub mod discovery;
 pub mod endpoint;
 pub mod framed;

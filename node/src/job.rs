@@ -520,40 +520,11 @@ async fn send_output(
     client_path: &str,
     sent: &mut HashSet<PathBuf>,
 ) -> Result<(), RunError> {
-    // The path comes from a stderr line, which a proc-macro can forge: only
-    // a regular file directly inside a declared output directory is read.
-    // Those directories are mount points the sandbox cannot swap and their
-    // ancestors are read-only, so refusing a symlink in the last component
-    // (O_NOFOLLOW) is enough to stay inside the job root; O_NONBLOCK keeps
-    // a FIFO from hanging the node.
-    let rel = manifest::relative_to_root(client_path)
-        .map_err(|e| io_err("rustc reported an output at an odd path", e))?;
-    if !rel
-        .parent()
-        .is_some_and(|p| output_dirs.iter().any(|d| d == p))
-    {
-        return Err(io_err(
-            "rustc reported an output outside the output directories",
-            client_path,
-        ));
-    }
+    let rel = output_path(output_dirs, client_path)?;
     if !sent.insert(rel.clone()) {
         return Ok(());
     }
-    let path = root.join(&rel);
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(|e| io_err(&format!("opening output {client_path}"), e))?;
-    let meta = file.metadata().map_err(|e| io_err("output metadata", e))?;
-    if !meta.is_file() {
-        return Err(io_err(
-            "rustc reported an output that is not a regular file",
-            client_path,
-        ));
-    }
+    let (file, meta) = open_output(root, &rel, client_path)?;
     use std::os::unix::fs::PermissionsExt;
     w.send(&JobEvent::Output(OutputHeader {
         path: client_path.to_owned(),
@@ -574,6 +545,73 @@ async fn send_output(
         debug!(cause = %e, "cannot keep an output in the store");
     }
     Ok(())
+}
+
+/// Checks where rustc says it wrote an output and returns the path relative
+/// to the job root. The path comes from a stderr line, which a proc-macro
+/// can forge: only a file directly inside a declared output directory may
+/// be read.
+fn output_path(output_dirs: &[PathBuf], client_path: &str) -> Result<PathBuf, RunError> {
+    let rel = manifest::relative_to_root(client_path)
+        .map_err(|e| io_err("rustc reported an output at an odd path", e))?;
+    if !rel
+        .parent()
+        .is_some_and(|p| output_dirs.iter().any(|d| d == p))
+    {
+        return Err(io_err(
+            "rustc reported an output outside the output directories",
+            client_path,
+        ));
+    }
+    Ok(rel)
+}
+
+/// Opens an output for reading, refusing anything but a regular file.
+///
+/// No symlink is followed anywhere on the way from the job root, not only
+/// in the last component: the sandbox can write in an ancestor of an output
+/// directory whenever that ancestor is itself writable (an output directory
+/// under `/tmp`, or inside another output directory), and there it can
+/// move the directory aside and leave a symlink to the node's `/` in its
+/// place. Following it would send the node's own files to the client. Each
+/// step opens the next component relative to the directory already open, so
+/// a swap during the walk cannot redirect it either. O_NONBLOCK keeps a FIFO
+/// from hanging the node.
+fn open_output(
+    root: &Path,
+    rel: &Path,
+    client_path: &str,
+) -> Result<(fs::File, fs::Metadata), RunError> {
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::Mode;
+    use std::os::fd::OwnedFd;
+
+    let opening = |e: std::io::Error| io_err(&format!("opening output {client_path}"), e);
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Err(io_err("rustc reported an output without a name", client_path));
+    };
+    let mut dir = OwnedFd::from(fs::File::open(root).map_err(opening)?);
+    let nofollow = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    for component in parent.components() {
+        dir = openat(
+            &dir,
+            component.as_os_str(),
+            nofollow | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .map_err(|e| opening(e.into()))?;
+    }
+    let file = openat(&dir, name, nofollow | OFlag::O_NONBLOCK, Mode::empty())
+        .map(fs::File::from)
+        .map_err(|e| opening(e.into()))?;
+    let meta = file.metadata().map_err(|e| io_err("output metadata", e))?;
+    if !meta.is_file() {
+        return Err(io_err(
+            "rustc reported an output that is not a regular file",
+            client_path,
+        ));
+    }
+    Ok((file, meta))
 }
 
 /// Reads a file while hashing it and writing a copy.

@@ -1,13 +1,18 @@
 //! `distcc-rs-node`: the daemon that runs compile jobs for the farm.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
+use distcc_rs_net::config_file::{Computed, ConfigError, Layered, parse_layered};
 use distcc_rs_node::{Node, NodeConfig};
 use distcc_rs_proto::discovery::{DEFAULT_FARM, FarmNameError, validate_farm_name};
+
+/// The configuration file read when neither --config nor DISTCC_RS_CONFIG
+/// names one, if it exists.
+const DEFAULT_CONFIG: &str = "/etc/distcc-rs/node.toml";
 
 /// Runs rustc jobs for a distcc-rs farm.
 ///
@@ -19,14 +24,28 @@ use distcc_rs_proto::discovery::{DEFAULT_FARM, FarmNameError, validate_farm_name
 /// of bounded size), and streams the results back. Once registered
 /// it prints `distcc-rs-node NAME listening on ADDR, registered with ADDR`
 /// on stdout.
-#[derive(Debug, Parser)]
+///
+/// Every setting below can also be given in a TOML configuration file
+/// (/etc/distcc-rs/node.toml, or the file --config names), under the flag's
+/// name in snake_case: `scheduler = "192.0.2.10:7700"`, `slots = 12`,
+/// `prefetch = false`. Environment variables override the file, and flags
+/// override both; --print-config shows the result. See docs/CONFIG.md.
+#[derive(Debug, PartialEq, Parser)]
 #[command(version, about, long_about)]
 struct Args {
+    /// The TOML configuration file to read [default: /etc/distcc-rs/node.toml,
+    /// if it exists]. A file named here or by the variable must exist.
+    #[arg(long, value_name = "FILE", env = "DISTCC_RS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the settings in force as a configuration file, each with where
+    /// it came from (default, file, env or flag), and exit.
+    #[arg(long)]
+    print_config: bool,
     /// A scheduler to dial and stay registered with, as IP:PORT, for
     /// networks where mDNS does not reach. Without it the node waits for a
     /// scheduler of its farm to find it over mDNS, or to be given this
     /// node's address with `--node`.
-    #[arg(long, env = "DISTCC_RS_SCHEDULER")]
+    #[arg(long, value_name = "ADDR", env = "DISTCC_RS_SCHEDULER")]
     scheduler: Option<SocketAddr>,
     /// The farm this node belongs to. It joins only schedulers of the same
     /// farm, so several farms can share a network. Letters, digits, '-',
@@ -43,33 +62,34 @@ struct Args {
     /// address's interface, or on every interface when listening on 0.0.0.0
     /// or [::]). Schedulers then find it only through their `--node` list,
     /// or through this node's `--scheduler`.
-    #[arg(long)]
-    no_mdns: bool,
+    #[arg(long = "no-mdns", action = ArgAction::SetFalse)]
+    mdns: bool,
     /// Where to accept jobs.
-    #[arg(long, default_value = "0.0.0.0:7701")]
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7701")]
     listen: SocketAddr,
     /// The address clients should reach this node at, if not the one the
     /// scheduler sees it connect from.
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR")]
     advertise: Option<SocketAddr>,
     /// Holds the input cache, toolchains and job directories.
     #[arg(
         long,
+        value_name = "DIR",
         env = "DISTCC_RS_NODE_DIR",
         default_value = "/var/lib/distcc-rs/node"
     )]
     work_dir: PathBuf,
     /// A name for status displays [default: the host name].
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     name: Option<String>,
     /// Jobs to run at once [default: the number of CPUs].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     slots: Option<u32>,
     /// The bubblewrap binary used to sandbox jobs.
-    #[arg(long, default_value = "bwrap")]
+    #[arg(long, value_name = "PATH", default_value = "bwrap")]
     bwrap: PathBuf,
     /// Seconds a job may run before it is killed.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     job_timeout: u64,
     /// The most disk space the input cache (<WORK_DIR>/store) may take, in
     /// bytes or with a suffix: K, M, G, T, or KiB, MiB, GiB, TiB, all
@@ -90,14 +110,14 @@ struct Args {
     /// that has been idle for a few seconds asks the scheduler which
     /// toolchains the farm used in the last day and fetches those it lacks,
     /// one at a time, without evicting a toolchain used here more recently.
-    #[arg(long)]
-    no_prefetch: bool,
+    #[arg(long = "no-prefetch", action = ArgAction::SetFalse)]
+    prefetch: bool,
     /// Log format on stderr.
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, value_name = "FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -142,13 +162,68 @@ fn parse_farm_name(name: &str) -> Result<String, FarmNameError> {
 }
 
 fn main() -> std::process::ExitCode {
-    match run(Args::parse()) {
+    let env = |name: &str| std::env::var(name).ok();
+    let (args, layered) = match parse_args(std::env::args_os(), &env, Path::new(DEFAULT_CONFIG)) {
+        Ok(parsed) => parsed,
+        Err(e) => e.exit("distcc-rs-node"),
+    };
+    if args.print_config {
+        print!("{}", print_config(&layered));
+        return std::process::ExitCode::SUCCESS;
+    }
+    match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("distcc-rs-node: error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Parses `argv` (the program name first) over the configuration file and
+/// the environment, which `env` reads. `default_config` is read when no
+/// file is named, if it exists.
+fn parse_args<I>(
+    argv: I,
+    env: &dyn Fn(&str) -> Option<String>,
+    default_config: &Path,
+) -> Result<(Args, Layered), ConfigError>
+where
+    I: IntoIterator,
+    I::Item: Into<std::ffi::OsString>,
+{
+    let layered = parse_layered(Args::command(), argv, env, default_config)?;
+    let args = Args::from_arg_matches(layered.matches())?;
+    Ok((args, layered))
+}
+
+/// The settings in force as TOML. The name and the slots default to this
+/// machine's; they are shown but left commented out, so that the output
+/// can seed the configuration of other machines.
+fn print_config(layered: &Layered) -> String {
+    layered.to_toml(&[
+        Computed {
+            key: "name",
+            value: toml::Value::String(host_name()),
+        },
+        Computed {
+            key: "slots",
+            value: toml::Value::Integer(i64::from(default_slots())),
+        },
+    ])
+}
+
+/// The number of CPUs this process may use.
+fn default_slots() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "node".into())
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -161,23 +236,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         LogFormat::Text => fmt.init(),
         LogFormat::Json => fmt.json().init(),
     }
-    let slots = args.slots.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1)
-    });
-    let name = args.name.unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "node".into())
-    });
+    let slots = args.slots.unwrap_or_else(default_slots);
+    let name = args.name.unwrap_or_else(host_name);
     let config = NodeConfig {
         name: name.clone(),
         listen: args.listen,
         advertise: args.advertise,
         scheduler: args.scheduler,
         farm: args.netname,
-        mdns: !args.no_mdns,
+        mdns: args.mdns,
         work_dir: args.work_dir,
         slots,
         bwrap: args.bwrap,
@@ -185,7 +252,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_bundle_size: 2 << 30,
         store_size: args.store_size,
         toolchain_cache_size: args.toolchain_cache_size,
-        prefetch: !args.no_prefetch,
+        prefetch: args.prefetch,
         smoke_test: true,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -245,51 +312,221 @@ mod tests {
         );
     }
 
+    /// A fake environment.
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    /// Parses `argv` (without the program name) in the environment `vars`,
+    /// with no configuration file unless `argv` names one: the machine the
+    /// tests run on may have a real one at the default location.
+    fn parse(argv: &[&str], vars: &[(&str, &str)]) -> Result<Args, ConfigError> {
+        parse_layered_args(argv, vars).map(|(args, _)| args)
+    }
+
+    fn parse_layered_args(
+        argv: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Result<(Args, Layered), ConfigError> {
+        let argv = std::iter::once("distcc-rs-node").chain(argv.iter().copied());
+        parse_args(argv, &env(vars), Path::new("/nonexistent/node.toml"))
+    }
+
+    /// A configuration file holding `text`, in a directory that lives as
+    /// long as the returned guard.
+    fn config_file(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path.to_str().unwrap().to_owned())
+    }
+
     #[test]
     fn the_default_store_size_is_ten_gibibytes() {
-        let args =
-            Args::try_parse_from(["distcc-rs-node", "--scheduler", "127.0.0.1:7700"]).unwrap();
+        let args = parse(&["--scheduler", "127.0.0.1:7700"], &[]).unwrap();
         assert_eq!(args.store_size, 10 << 30);
-        let args = Args::try_parse_from([
-            "distcc-rs-node",
-            "--scheduler",
-            "127.0.0.1:7700",
-            "--store-size",
-            "1M",
-        ])
+        let args = parse(
+            &["--scheduler", "127.0.0.1:7700", "--store-size", "1M"],
+            &[],
+        )
         .unwrap();
         assert_eq!(args.store_size, 1 << 20);
     }
 
     #[test]
     fn the_toolchain_cache_defaults_to_four_gibibytes_and_prefetching_is_on() {
-        let args = Args::try_parse_from(["distcc-rs-node"]).unwrap();
+        let args = parse(&[], &[]).unwrap();
         assert_eq!(args.toolchain_cache_size, 4 << 30);
-        assert!(!args.no_prefetch);
-        let args = Args::try_parse_from([
-            "distcc-rs-node",
-            "--toolchain-cache-size",
-            "600MiB",
-            "--no-prefetch",
-        ])
-        .unwrap();
+        assert!(args.prefetch);
+        let args = parse(&["--toolchain-cache-size", "600MiB", "--no-prefetch"], &[]).unwrap();
         assert_eq!(args.toolchain_cache_size, 600 << 20);
-        assert!(args.no_prefetch);
-        assert!(
-            Args::try_parse_from(["distcc-rs-node", "--toolchain-cache-size", "1.5G"]).is_err()
-        );
+        assert!(!args.prefetch);
+        assert!(parse(&["--toolchain-cache-size", "1.5G"], &[]).is_err());
     }
 
     #[test]
     fn the_scheduler_is_optional_and_farm_names_are_checked() {
-        let args = Args::try_parse_from(["distcc-rs-node"]).unwrap();
+        let args = parse(&[], &[]).unwrap();
         assert_eq!(args.scheduler, None);
         assert_eq!(args.netname, "default");
-        assert!(!args.no_mdns);
-        let args =
-            Args::try_parse_from(["distcc-rs-node", "--netname", "team-a", "--no-mdns"]).unwrap();
+        assert!(args.mdns);
+        let args = parse(&["--netname", "team-a", "--no-mdns"], &[]).unwrap();
         assert_eq!(args.netname, "team-a");
-        assert!(args.no_mdns);
-        assert!(Args::try_parse_from(["distcc-rs-node", "--netname", "a b"]).is_err());
+        assert!(!args.mdns);
+        assert!(parse(&["--netname", "a b"], &[]).is_err());
+    }
+
+    #[test]
+    fn configuration_file_then_environment_then_flags() {
+        let (_dir, path) = config_file(
+            "scheduler = \"10.0.0.1:7700\"\nnetname = \"file\"\nwork_dir = \"/file\"\n\
+             slots = 3\nstore_size = \"1GiB\"\nprefetch = false\n",
+        );
+        let file = parse(&["--config", &path], &[]).unwrap();
+        assert_eq!(file.scheduler, Some("10.0.0.1:7700".parse().unwrap()));
+        assert_eq!(file.netname, "file");
+        assert_eq!(file.work_dir, PathBuf::from("/file"));
+        assert_eq!(file.slots, Some(3));
+        assert_eq!(file.store_size, 1 << 30);
+        assert!(!file.prefetch);
+
+        let vars = [
+            ("DISTCC_RS_SCHEDULER", "10.0.0.2:7700"),
+            ("DISTCC_RS_NETNAME", "env"),
+            ("DISTCC_RS_NODE_DIR", "/env"),
+        ];
+        let env = parse(&["--config", &path], &vars).unwrap();
+        assert_eq!(env.scheduler, Some("10.0.0.2:7700".parse().unwrap()));
+        assert_eq!(env.netname, "env");
+        assert_eq!(env.work_dir, PathBuf::from("/env"));
+        assert_eq!(env.slots, Some(3));
+
+        let flags = parse(
+            &[
+                "--config",
+                &path,
+                "--scheduler",
+                "10.0.0.3:7700",
+                "--netname",
+                "flag",
+                "--work-dir",
+                "/flag",
+                "--slots",
+                "5",
+            ],
+            &vars,
+        )
+        .unwrap();
+        assert_eq!(flags.scheduler, Some("10.0.0.3:7700".parse().unwrap()));
+        assert_eq!(flags.netname, "flag");
+        assert_eq!(flags.work_dir, PathBuf::from("/flag"));
+        assert_eq!(flags.slots, Some(5));
+        assert_eq!(flags.store_size, 1 << 30);
+
+        // DISTCC_RS_CONFIG names the file when no flag does.
+        let named = parse(&[], &[("DISTCC_RS_CONFIG", &path)]).unwrap();
+        assert_eq!(named.netname, "file");
+    }
+
+    #[test]
+    fn configuration_mistakes_name_the_file_and_the_key() {
+        let (_dir, path) = config_file("slot = 3\n");
+        let err = parse(&["--config", &path], &[]).unwrap_err().to_string();
+        assert!(
+            err.contains(&path) && err.contains("unknown key `slot`"),
+            "{err}"
+        );
+        assert!(err.contains("slots, bwrap, job_timeout"), "{err}");
+
+        let (_dir, path) = config_file("mdns = \"off\"\n");
+        let err = parse(&["--config", &path], &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("`mdns` must be true or false, not string"),
+            "{err}"
+        );
+
+        let (_dir, path) = config_file("store_size = \"lots\"\n");
+        let err = parse(&["--config", &path], &[]).unwrap_err().to_string();
+        assert!(
+            err.contains(r#"`store_size = "lots"` is not valid: "lots" is not a size"#),
+            "{err}"
+        );
+
+        let (_dir, path) = config_file("netname = \"a b\"\n");
+        assert!(parse(&["--config", &path], &[]).is_err());
+
+        let err = parse(&["--config", "/nonexistent/named.toml"], &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn printed_settings_read_back_as_the_same_settings() {
+        let (_dir, path) =
+            config_file("slots = 3\nstore_size = 1048576\nbwrap = \"/usr/bin/bwrap\"\n");
+        let (args, layered) = parse_layered_args(
+            &[
+                "--config",
+                &path,
+                "--no-prefetch",
+                "--toolchain-cache-size",
+                "600MiB",
+                "--log-format",
+                "json",
+                "--advertise",
+                "10.0.0.9:7701",
+            ],
+            &[("DISTCC_RS_SCHEDULER", "10.0.0.1:7700")],
+        )
+        .unwrap();
+        let printed = print_config(&layered);
+        assert!(
+            printed.contains(&format!("\nslots = 3  # file {path}\n")),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("\nscheduler = \"10.0.0.1:7700\"  # env DISTCC_RS_SCHEDULER\n"),
+            "{printed}"
+        );
+        assert!(
+            printed
+                .contains("\ntoolchain_cache_size = \"600MiB\"  # flag --toolchain-cache-size\n"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("\nprefetch = false  # flag --no-prefetch\n"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("\njob_timeout = 600  # default\n"),
+            "{printed}"
+        );
+        // The host name is this machine's: shown, but not set.
+        assert!(printed.contains("\n# name = \""), "{printed}");
+
+        let (_dir, printed_path) = config_file(&printed);
+        let again = parse(&["--config", &printed_path], &[]).unwrap();
+        assert_eq!(
+            again,
+            Args {
+                config: Some(PathBuf::from(&printed_path)),
+                ..args
+            }
+        );
+    }
+
+    #[test]
+    fn the_configuration_reference_in_the_docs_is_current() {
+        let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/CONFIG.md");
+        let generated = distcc_rs_net::config_file::reference(&Args::command());
+        let update = std::env::var_os("UPDATE_DOCS").is_some();
+        if let Err(e) =
+            distcc_rs_net::config_file::check_generated_block(&doc, "node", &generated, update)
+        {
+            panic!("{e}");
+        }
     }
 }

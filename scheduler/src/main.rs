@@ -5,20 +5,25 @@
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use distcc_rs_net::config_file::{ConfigError, Layered, parse_layered};
 use distcc_rs_net::{EndpointOptions, Identity, PeerAuth, bind_server};
 use distcc_rs_proto::discovery::{DEFAULT_FARM, FarmNameError, validate_farm_name};
 use distcc_rs_scheduler::{DEFAULT_MAX_BUNDLE_SIZE, DiscoveryConfig, SchedulerConfig};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
-/// Where state goes when neither `--state-dir` nor `$STATE_DIRECTORY` says.
+/// Where state goes when no flag, variable or configuration file says.
 const DEFAULT_STATE_DIR: &str = "/var/lib/distcc-rs/scheduler";
+
+/// The configuration file read when neither --config nor DISTCC_RS_CONFIG
+/// names one, if it exists.
+const DEFAULT_CONFIG: &str = "/etc/distcc-rs/scheduler.toml";
 
 /// The distcc-rs scheduler: tracks the nodes of a compile farm, decides where
 /// each compile runs, and stores the toolchain bundles nodes need.
@@ -30,9 +35,26 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/distcc-rs/scheduler";
 /// and upload their toolchain once. Logs go to stderr; the only line on
 /// stdout is `distcc-rs-scheduler listening on ADDR`, printed once the
 /// endpoint is bound.
-#[derive(Debug, Parser)]
+///
+/// Every setting below can also be given in a TOML configuration file
+/// (/etc/distcc-rs/scheduler.toml, or the file --config names), under the
+/// flag's name in snake_case: `max_store_size = "50GiB"`, `nodes = ["a:7701"]`,
+/// `mdns = false`. Environment variables override the file, and flags
+/// override both; --print-config shows the result. See docs/CONFIG.md.
+#[derive(Debug, PartialEq, Parser)]
 #[command(name = "distcc-rs-scheduler", version)]
 struct Args {
+    /// The TOML configuration file to read [default:
+    /// /etc/distcc-rs/scheduler.toml, if it exists]. A file named here or by
+    /// the variable must exist.
+    #[arg(long, value_name = "FILE", env = "DISTCC_RS_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Print the settings in force as a configuration file, each with where
+    /// it came from (default, file, env or flag), and exit.
+    #[arg(long)]
+    print_config: bool,
+
     /// The UDP address to accept QUIC connections on, from nodes and clients
     /// alike. Port 0 picks a free port (see the "listening on" line).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7700")]
@@ -53,7 +75,7 @@ struct Args {
     /// A node to adopt by address, for networks where mDNS does not reach
     /// (repeat for each node). The scheduler dials it, and dials it again
     /// whenever its session ends. Nodes may instead dial the scheduler with
-    /// their own --scheduler.
+    /// their own --scheduler. Flags replace the configuration file's list.
     #[arg(long = "node", value_name = "HOST:PORT")]
     nodes: Vec<String>,
 
@@ -62,14 +84,19 @@ struct Args {
     /// interface when listening on 0.0.0.0 or [::]). Nodes then
     /// join only through --node or their own --scheduler, and clients need
     /// DISTCC_RS_SCHEDULER.
-    #[arg(long)]
-    no_mdns: bool,
+    #[arg(long = "no-mdns", action = ArgAction::SetFalse)]
+    mdns: bool,
 
     /// Where the scheduler keeps toolchain bundles (in its `toolchains`
-    /// subdirectory). Created if missing. Defaults to $STATE_DIRECTORY (as set
-    /// by systemd's StateDirectory=), else /var/lib/distcc-rs/scheduler.
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
+    /// subdirectory). Created if missing. systemd's StateDirectory= sets
+    /// $STATE_DIRECTORY (the first of its directories is taken).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "STATE_DIRECTORY",
+        default_value = DEFAULT_STATE_DIR
+    )]
+    state_dir: PathBuf,
 
     /// How log lines on stderr look: `text` for people, `json` for log
     /// collectors. The RUST_LOG variable selects what is logged (default
@@ -107,7 +134,15 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let env = |name: &str| std::env::var(name).ok();
+    let (args, layered) = match parse_args(std::env::args_os(), &env, Path::new(DEFAULT_CONFIG)) {
+        Ok(parsed) => parsed,
+        Err(e) => e.exit("distcc-rs-scheduler"),
+    };
+    if args.print_config {
+        print!("{}", layered.to_toml(&[]));
+        return ExitCode::SUCCESS;
+    }
     init_logging(args.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,6 +151,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Parses `argv` (the program name first) over the configuration file and
+/// the environment, which `env` reads. `default_config` is read when no
+/// file is named, if it exists.
+fn parse_args<I>(
+    argv: I,
+    env: &dyn Fn(&str) -> Option<String>,
+    default_config: &Path,
+) -> Result<(Args, Layered), ConfigError>
+where
+    I: IntoIterator,
+    I::Item: Into<std::ffi::OsString>,
+{
+    // systemd's StateDirectory= may list several directories joined with
+    // ':'; the scheduler keeps its state in the first.
+    let env = |name: &str| {
+        let value = env(name)?;
+        match name {
+            "STATE_DIRECTORY" => value.split(':').next().map(str::to_owned),
+            _ => Some(value),
+        }
+    };
+    let layered = parse_layered(Args::command(), argv, &env, default_config)?;
+    let args = Args::from_arg_matches(layered.matches())?;
+    Ok((args, layered))
 }
 
 fn init_logging(format: LogFormat) {
@@ -140,7 +201,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let state_dir = state_dir(args.state_dir);
+    let state_dir = args.state_dir;
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
 
@@ -161,7 +222,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.protocol_version = options.protocol_version;
     config.farm.farm_name = args.netname;
     config.discovery = DiscoveryConfig {
-        mdns: !args.no_mdns,
+        mdns: args.mdns,
         static_nodes: args.nodes,
         name: host_name(),
     };
@@ -230,17 +291,6 @@ fn host_name() -> String {
         .unwrap_or_else(|| "scheduler".to_owned())
 }
 
-/// The flag, else the first directory in `$STATE_DIRECTORY` (systemd joins
-/// several with `:`), else the default.
-fn state_dir(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| {
-        let env = std::env::var_os("STATE_DIRECTORY")?;
-        let first = env.to_str()?.split(':').next()?.to_owned();
-        (!first.is_empty()).then(|| PathBuf::from(first))
-    })
-    .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
-}
-
 /// Completes on SIGINT or SIGTERM. The handlers are installed before this
 /// returns, so a signal that arrives during start-up is not lost.
 fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
@@ -280,16 +330,178 @@ mod tests {
         }
     }
 
+    /// A fake environment.
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    /// Parses `argv` (without the program name) in the environment `vars`,
+    /// with no configuration file unless `argv` names one: the machine the
+    /// tests run on may have a real one at the default location.
+    fn parse_layered_args(
+        argv: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Result<(Args, Layered), ConfigError> {
+        let argv = std::iter::once("distcc-rs-scheduler").chain(argv.iter().copied());
+        parse_args(argv, &env(vars), Path::new("/nonexistent/scheduler.toml"))
+    }
+
+    fn parse(argv: &[&str], vars: &[(&str, &str)]) -> Result<Args, ConfigError> {
+        parse_layered_args(argv, vars).map(|(args, _)| args)
+    }
+
+    /// A configuration file holding `text`, in a directory that lives as
+    /// long as the returned guard.
+    fn config_file(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scheduler.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path.to_str().unwrap().to_owned())
+    }
+
     #[test]
     fn the_store_limit_defaults_to_twenty_gibibytes() {
-        let args = Args::try_parse_from(["distcc-rs-scheduler"]).unwrap();
+        let args = parse(&[], &[]).unwrap();
         assert_eq!(args.max_store_size, 20 << 30);
         assert_eq!(
             args.max_store_size,
             distcc_rs_scheduler::store::DEFAULT_MAX_STORE_SIZE
         );
-        let args =
-            Args::try_parse_from(["distcc-rs-scheduler", "--max-store-size", "500M"]).unwrap();
+        let args = parse(&["--max-store-size", "500M"], &[]).unwrap();
         assert_eq!(args.max_store_size, 500 << 20);
+    }
+
+    #[test]
+    fn configuration_file_then_environment_then_flags() {
+        let (_dir, path) = config_file(
+            "netname = \"file\"\nnodes = [\"10.0.0.5:7701\", \"b:7701\"]\nmdns = false\n\
+             state_dir = \"/file\"\nmax_store_size = \"1GiB\"\nqueue_timeout = 0.5\n",
+        );
+        let file = parse(&["--config", &path], &[]).unwrap();
+        assert_eq!(file.netname, "file");
+        assert_eq!(file.nodes, ["10.0.0.5:7701", "b:7701"]);
+        assert!(!file.mdns);
+        assert_eq!(file.state_dir, PathBuf::from("/file"));
+        assert_eq!(file.max_store_size, 1 << 30);
+        assert_eq!(file.queue_timeout, Duration::from_millis(500));
+
+        // systemd's StateDirectory= is an environment variable, so it
+        // overrides the file; of several directories the first is taken.
+        let vars = [
+            ("DISTCC_RS_NETNAME", "env"),
+            ("STATE_DIRECTORY", "/env:/other"),
+        ];
+        let env = parse(&["--config", &path], &vars).unwrap();
+        assert_eq!(env.netname, "env");
+        assert_eq!(env.state_dir, PathBuf::from("/env"));
+        assert_eq!(env.nodes, ["10.0.0.5:7701", "b:7701"]);
+
+        let flags = parse(
+            &[
+                "--config",
+                &path,
+                "--netname",
+                "flag",
+                "--state-dir",
+                "/flag",
+                "--node",
+                "c:7701",
+                "--queue-timeout",
+                "3",
+            ],
+            &vars,
+        )
+        .unwrap();
+        assert_eq!(flags.netname, "flag");
+        assert_eq!(flags.state_dir, PathBuf::from("/flag"));
+        assert_eq!(flags.nodes, ["c:7701"]);
+        assert_eq!(flags.queue_timeout, Duration::from_secs(3));
+        assert_eq!(flags.max_store_size, 1 << 30);
+
+        // Without a flag, variable or file, the state directory is the
+        // built-in one.
+        let default = parse(&[], &[]).unwrap();
+        assert_eq!(default.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    }
+
+    #[test]
+    fn configuration_mistakes_name_the_file_and_the_key() {
+        let (_dir, path) = config_file("node = [\"a:1\"]\n");
+        let err = parse(&["--config", &path], &[]).unwrap_err().to_string();
+        assert!(
+            err.contains(&path) && err.contains("unknown key `node`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("listen, netname, nodes, mdns, state_dir"),
+            "{err}"
+        );
+
+        let (_dir, path) = config_file("nodes = \"a:1\"\n");
+        let err = parse(&["--config", &path], &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("`nodes` must be an array of strings, not string"),
+            "{err}"
+        );
+
+        let (_dir, path) = config_file("queue_timeout = \"-1\"\n");
+        let err = parse(&["--config", &path], &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("`queue_timeout = \"-1\"` is not valid"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn printed_settings_read_back_as_the_same_settings() {
+        let (_dir, path) = config_file("nodes = [\"a:7701\"]\nmax_bundle_size = 1000\n");
+        let (args, layered) = parse_layered_args(
+            &["--config", &path, "--no-mdns", "--queue-timeout", "0.25"],
+            &[("STATE_DIRECTORY", "/srv/state")],
+        )
+        .unwrap();
+        let printed = layered.to_toml(&[]);
+        assert!(
+            printed.contains(&format!("\nnodes = [\"a:7701\"]  # file {path}\n")),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("\nstate_dir = \"/srv/state\"  # env STATE_DIRECTORY\n"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("\nqueue_timeout = 0.25  # flag --queue-timeout\n"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("\nmax_store_size = \"20GiB\"  # default\n"),
+            "{printed}"
+        );
+
+        let (_dir, printed_path) = config_file(&printed);
+        let again = parse(&["--config", &printed_path], &[]).unwrap();
+        assert_eq!(
+            again,
+            Args {
+                config: Some(PathBuf::from(&printed_path)),
+                ..args
+            }
+        );
+    }
+
+    #[test]
+    fn the_configuration_reference_in_the_docs_is_current() {
+        let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/CONFIG.md");
+        let generated = distcc_rs_net::config_file::reference(&Args::command());
+        let update = std::env::var_os("UPDATE_DOCS").is_some();
+        if let Err(e) =
+            distcc_rs_net::config_file::check_generated_block(&doc, "scheduler", &generated, update)
+        {
+            panic!("{e}");
+        }
     }
 }

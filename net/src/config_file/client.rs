@@ -1,0 +1,236 @@
+//! The client's configuration file.
+//!
+//! The client is cargo's `RUSTC_WRAPPER` and takes no flags of its own: its
+//! settings are environment variables, and its file gives the same settings
+//! under shorter keys (`scheduler` for `DISTCC_RS_SCHEDULER`). A variable
+//! overrides the file. The file is read once per rustc invocation, so it is
+//! one small read and no more; one that does not exist costs one failed
+//! open.
+//!
+//! `distcc-rs-pack` finds the scheduler and the client's cache through the
+//! same settings, which is why they are here and not in the client.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::{ConfigError, ConfigFile, Origin};
+
+/// The variable that names the client's file, overriding its default
+/// location.
+pub const CONFIG_VAR: &str = "DISTCC_RS_CONFIG";
+
+/// The TOML type of a client setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A string.
+    Text,
+    /// `true` or `false`; as a variable, `1`/`true` or `0`/`false`.
+    Switch,
+    /// A positive integer.
+    Count,
+}
+
+/// One client setting: its key in the file and the variable that
+/// overrides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    pub key: &'static str,
+    pub var: &'static str,
+    pub kind: Kind,
+    /// The default, as docs/CONFIG.md states it.
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+/// Every client setting, in the order `distcc-rs config` prints them.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "scheduler",
+        var: "DISTCC_RS_SCHEDULER",
+        kind: Kind::Text,
+        default: "not set: the scheduler of the farm is looked for over mDNS",
+        meaning: "The scheduler's address, `IP:PORT`.",
+    },
+    Setting {
+        key: "netname",
+        var: "DISTCC_RS_NETNAME",
+        kind: Kind::Text,
+        default: "`\"default\"`",
+        meaning: "The farm whose scheduler mDNS looks for.",
+    },
+    Setting {
+        key: "mdns",
+        var: "DISTCC_RS_MDNS",
+        kind: Kind::Switch,
+        default: "`true`",
+        meaning: "Whether the scheduler may be looked for over mDNS when `scheduler` is not \
+                  set; without either, everything compiles locally.",
+    },
+    Setting {
+        key: "cache_dir",
+        var: "DISTCC_RS_CACHE_DIR",
+        kind: Kind::Text,
+        default: "`$XDG_CACHE_HOME/distcc-rs`, else `~/.cache/distcc-rs`",
+        meaning: "The toolchain bundle cache, the input hash cache, the local compile slots \
+                  and the log file.",
+    },
+    Setting {
+        key: "events",
+        var: "DISTCC_RS_EVENTS",
+        kind: Kind::Text,
+        default: "not set: no event log",
+        meaning: "A file to append one JSON line per compile to (where it ran, and why).",
+    },
+    Setting {
+        key: "disable",
+        var: "DISTCC_RS_DISABLE",
+        kind: Kind::Switch,
+        default: "`false`",
+        meaning: "Compile everything locally.",
+    },
+    Setting {
+        key: "pipelining",
+        var: "DISTCC_RS_PIPELINING",
+        kind: Kind::Switch,
+        default: "`true`",
+        meaning: "Whether cargo hears of a farm compile's `.rmeta` as soon as it arrives, so \
+                  dependent crates start early; `false` holds it back until the compile ends, \
+                  as a farm without pipelining would (for comparisons).",
+    },
+    Setting {
+        key: "local_slots",
+        var: "DISTCC_RS_LOCAL_SLOTS",
+        kind: Kind::Count,
+        default: "the number of CPUs",
+        meaning: "How many local compiles (linking, build scripts, proc-macros, fallbacks) may \
+                  run at once across every wrapper on this machine that shares the cache \
+                  directory.",
+    },
+    Setting {
+        key: "log",
+        var: "DISTCC_RS_LOG",
+        kind: Kind::Text,
+        default: "not set: no log",
+        meaning: "A log filter such as `info` or `debug`.",
+    },
+    Setting {
+        key: "log_file",
+        var: "DISTCC_RS_LOG_FILE",
+        kind: Kind::Text,
+        default: "`client.log` in the cache directory",
+        meaning: "The log file.",
+    },
+];
+
+/// The setting a variable belongs to.
+pub fn by_var(var: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.var == var)
+}
+
+/// The client's file: `$DISTCC_RS_CONFIG`, which must exist, else
+/// `$XDG_CONFIG_HOME/distcc-rs/client.toml`, else
+/// `~/.config/distcc-rs/client.toml`, either of which may be missing.
+/// `env` reads environment variables, empty counting as unset.
+pub fn location(env: &dyn Fn(&str) -> Option<String>) -> Option<(PathBuf, Origin)> {
+    let env = |name: &str| env(name).filter(|v| !v.is_empty());
+    if let Some(path) = env(CONFIG_VAR) {
+        return Some((PathBuf::from(path), Origin::Env(CONFIG_VAR.to_owned())));
+    }
+    let dir = env("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some((dir.join("distcc-rs/client.toml"), Origin::Default))
+}
+
+/// What the client's file says, as the values of the variables its keys
+/// stand for, and what is wrong with it.
+#[derive(Debug, Default)]
+pub struct ClientFile {
+    pub path: PathBuf,
+    values: BTreeMap<&'static str, String>,
+    /// Keys that are unknown or of the wrong type are left out and listed
+    /// here; so is a file that cannot be read or parsed, with nothing taken
+    /// from it.
+    pub problems: Vec<ConfigError>,
+}
+
+impl ClientFile {
+    /// Reads the client's file from where [`location`] says, or `None` when
+    /// there is none: no location, or nothing at the default one.
+    pub fn load(env: &dyn Fn(&str) -> Option<String>) -> Option<ClientFile> {
+        let (path, origin) = location(env)?;
+        match ConfigFile::read(&path, origin != Origin::Default) {
+            Ok(file) => file.map(|f| ClientFile::from_file(&f)),
+            Err(problem) => Some(ClientFile {
+                path,
+                values: BTreeMap::new(),
+                problems: vec![problem],
+            }),
+        }
+    }
+
+    /// Checks a parsed file against the client's keys.
+    pub fn from_file(file: &ConfigFile) -> ClientFile {
+        let path = file.path().to_owned();
+        let mut values = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (key, value) in file.entries() {
+            let Some(setting) = SETTINGS.iter().find(|s| s.key == key) else {
+                problems.push(ConfigError::UnknownKey {
+                    path: path.clone(),
+                    key: key.to_owned(),
+                    valid: SETTINGS.iter().map(|s| s.key.to_owned()).collect(),
+                });
+                continue;
+            };
+            let text = match (setting.kind, value) {
+                (Kind::Text, toml::Value::String(s)) => Ok(s.clone()),
+                (Kind::Text, _) => Err("a string"),
+                (Kind::Switch, toml::Value::Boolean(b)) => Ok(b.to_string()),
+                (Kind::Switch, _) => Err("true or false"),
+                (Kind::Count, toml::Value::Integer(n)) if *n > 0 => Ok(n.to_string()),
+                (Kind::Count, _) => Err("a positive integer"),
+            };
+            match text {
+                Ok(text) => {
+                    values.insert(setting.var, text);
+                }
+                Err(expected) => problems.push(ConfigError::WrongType {
+                    path: path.clone(),
+                    key: key.to_owned(),
+                    expected,
+                    found: value.type_str().to_owned(),
+                }),
+            }
+        }
+        ClientFile {
+            path,
+            values,
+            problems,
+        }
+    }
+
+    /// The value the file gives the setting of variable `var`, in the form
+    /// the variable would hold it (`true`/`false` for switches).
+    pub fn get(&self, var: &str) -> Option<&str> {
+        self.values.get(var).map(String::as_str)
+    }
+}
+
+/// A Markdown table of the client's settings, for docs/CONFIG.md.
+pub fn reference() -> String {
+    let mut out =
+        String::from("| key | type | default | overridden by | meaning |\n|---|---|---|---|---|\n");
+    for s in SETTINGS {
+        let ty = match s.kind {
+            Kind::Text => "string",
+            Kind::Switch => "boolean",
+            Kind::Count => "integer",
+        };
+        out += &format!(
+            "| `{}` | {ty} | {} | `{}` | {} |\n",
+            s.key, s.default, s.var, s.meaning
+        );
+    }
+    out
+}
