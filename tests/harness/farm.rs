@@ -197,6 +197,9 @@ impl Scheduler {
         command
             // The farm is the test's to choose, not the developer's shell's.
             .env_remove("DISTCC_RS_NETNAME")
+            // Nor is a config file in /etc the test's to inherit.
+            .arg("--config")
+            .arg("/dev/null")
             .arg("--listen")
             .arg("0.0.0.0:0")
             .arg("--state-dir")
@@ -220,6 +223,9 @@ impl Scheduler {
         command
             // The farm is the test's to choose, not the developer's shell's.
             .env_remove("DISTCC_RS_NETNAME")
+            // Nor is a config file in /etc the test's to inherit.
+            .arg("--config")
+            .arg("/dev/null")
             // mDNS must never run on the host's real interfaces; only tests
             // inside a network namespace of their own use it.
             .arg("--no-mdns")
@@ -339,6 +345,9 @@ impl Node {
             command.env("RUST_LOG", filter);
         }
         command
+            // A config file in /etc is not the test's to inherit.
+            .arg("--config")
+            .arg("/dev/null")
             .arg("--work-dir")
             .arg(&work_dir)
             .arg("--name")
@@ -504,6 +513,8 @@ impl FarmEnv {
                 path(&bins::binary(bins::CLIENT)),
             ),
             ("DISTCC_RS_CACHE_DIR".to_owned(), path(&self.cache_dir)),
+            // The developer's own client.toml is not the test's to inherit.
+            ("DISTCC_RS_CONFIG".to_owned(), "/dev/null".to_owned()),
             ("DISTCC_RS_EVENTS".to_owned(), path(&self.events_path())),
             ("DISTCC_RS_LOG".to_owned(), "debug".to_owned()),
             (
