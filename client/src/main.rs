@@ -106,7 +106,7 @@ fn main() -> ExitCode {
     match cli(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("distcc-rs: {e:#}");
+            eprintln!("distcc-rs: {}", distcc_rs_net::one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -60,3 +60,42 @@ impl From<quinn::ClosedStream> for NetError {
         NetError::UnexpectedEof
     }
 }
+
+/// An error and its causes on one line, for a binary's last word. The
+/// library errors here put their cause into their own message (so that a
+/// log line with just the error reads well), so a cause that the text
+/// before it already ends with is not repeated; anyhow's `{:#}` would print
+/// it twice ("…: Address already in use (os error 98): Address already in
+/// use (os error 98)").
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !line.ends_with(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        next = e.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod one_line_tests {
+    use super::*;
+
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let io = io::Error::new(io::ErrorKind::AddrInUse, "Address already in use");
+        let err = anyhow::Error::new(NetError::Io(io)).context("cannot listen on 0.0.0.0:7700");
+        assert_eq!(
+            one_line(err.as_ref()),
+            "cannot listen on 0.0.0.0:7700: I/O error: Address already in use"
+        );
+        let plain = anyhow::anyhow!("bad").context("outer");
+        assert_eq!(one_line(plain.as_ref()), "outer: bad");
+    }
+}

@@ -28,7 +28,7 @@ pub mod tls;
 mod error;
 
 pub use endpoint::{EndpointOptions, bind_client, bind_server, connect};
-pub use error::NetError;
+pub use error::{NetError, one_line};
 pub use framed::{FrameReader, FrameWriter, accept_stream, open_stream};
 pub use tls::{Identity, PeerAuth};
 

@@ -174,7 +174,10 @@ fn main() -> std::process::ExitCode {
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("distcc-rs-node: error: {e:#}");
+            eprintln!(
+                "distcc-rs-node: error: {}",
+                distcc_rs_net::one_line(e.as_ref())
+            );
             std::process::ExitCode::FAILURE
         }
     }
@@ -229,8 +232,11 @@ fn host_name() -> String {
 fn run(args: Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal: in a journal or a log
+    // file they are noise.
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => fmt.init(),

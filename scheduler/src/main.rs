@@ -147,7 +147,10 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("distcc-rs-scheduler: error: {e:#}");
+            eprintln!(
+                "distcc-rs-scheduler: error: {}",
+                distcc_rs_net::one_line(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
@@ -183,8 +186,11 @@ fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Stdout carries the one "listening on" line that scripts and tests wait
     // for, so logs must never go there.
+    // Colour codes only for a person at a terminal: in a journal or a log
+    // file they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

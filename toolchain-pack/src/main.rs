@@ -312,27 +312,13 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("distcc-rs-pack: error: {}", describe(&e));
+            eprintln!(
+                "distcc-rs-pack: error: {}",
+                distcc_rs_net::one_line(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
-}
-
-/// Joins the error chain into one line. The library's messages already end
-/// with their cause (so that they read well when logged alone), so a cause
-/// that the message before it already ends with is not repeated.
-fn describe(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain().map(ToString::to_string) {
-        if line.ends_with(&cause) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&cause);
-    }
-    line
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -694,7 +680,7 @@ fn verify(
             // looks like rustc failing; say what to try.
             bail!(
                 "{} (if bubblewrap itself failed, --no-sandbox runs a bundle you trust without it)",
-                describe(&err)
+                distcc_rs_net::one_line(err.as_ref())
             );
         }
     };
