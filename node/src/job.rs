@@ -588,7 +588,10 @@ fn open_output(
 
     let opening = |e: std::io::Error| io_err(&format!("opening output {client_path}"), e);
     let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
-        return Err(io_err("rustc reported an output without a name", client_path));
+        return Err(io_err(
+            "rustc reported an output without a name",
+            client_path,
+        ));
     };
     let mut dir = OwnedFd::from(fs::File::open(root).map_err(opening)?);
     let nofollow = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
