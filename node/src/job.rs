@@ -123,6 +123,13 @@ pub async fn serve(
     shared.report(NodeEvent::JobStarted { job });
     let started = Instant::now();
     info!(job_id = %job, crate_name = %req.crate_name, "job started");
+    if matches!(shared.isolation, Isolation::Insecure) {
+        warn!(
+            job_id = %job,
+            "INSECURE: this job runs without the job user and without limits \
+             (--insecure-no-sandbox)"
+        );
+    }
 
     // The job ends when it ends, when it runs out of time, or when its
     // client goes away (cargo was interrupted): dropping `run` then kills
@@ -426,14 +433,7 @@ async fn compile(
                 )))
             })?
         }
-        Isolation::Insecure => {
-            warn!(
-                job_id = %req.ticket.job,
-                "INSECURE: this job runs without the job user and without limits \
-                 (--insecure-no-sandbox)"
-            );
-            None
-        }
+        Isolation::Insecure => None,
     };
     let (program, args) = shared
         .isolation

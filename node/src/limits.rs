@@ -303,12 +303,47 @@ fn setup_v1(root: &Path, own: &OwnCgroups, node: &str) -> Result<Mechanism, Stri
         // Under the node's own cgroup, so that limits set on the node (a
         // container's, a service's) still cover its jobs.
         let dir = own_dir(&mount, own.v1_path(controller).unwrap_or("/"));
-        let base = dir.join(NODE_CGROUP).join(node);
-        fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+        let parent = dir.join(NODE_CGROUP);
+        let base = parent.join(node);
+        join_own_leaf(&base)?;
+        sweep_dead_nodes(&parent, node);
         remove_children(&base);
         bases.push((controller, base));
     }
     Ok(Mechanism::CgroupV1(bases))
+}
+
+/// The cgroup, under a node's base, that holds the node itself. While it
+/// has a process the node is alive; a node killed without a chance to
+/// clean up leaves it empty, and the next node to start removes it.
+const NODE_LEAF: &str = "node";
+
+/// Creates `base` and its [`NODE_LEAF`] and moves the node into the leaf.
+fn join_own_leaf(base: &Path) -> Result<(), String> {
+    let leaf = base.join(NODE_LEAF);
+    fs::create_dir_all(&leaf).map_err(|e| format!("cannot create {}: {e}", leaf.display()))?;
+    let procs = leaf.join("cgroup.procs");
+    fs::write(&procs, std::process::id().to_string())
+        .map_err(|e| format!("cannot move the node into {}: {e}", procs.display()))
+}
+
+/// Removes the cgroups of nodes that are gone (their [`NODE_LEAF`] holds no
+/// process) from `parent`, with whatever jobs they left.
+fn sweep_dead_nodes(parent: &Path, this: &str) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let base = entry.path();
+        if entry.file_name() == this || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let procs = fs::read_to_string(base.join(NODE_LEAF).join("cgroup.procs"));
+        if procs.is_ok_and(|p| p.trim().is_empty()) {
+            remove_children(&base);
+            JobCgroup::cleanup(&[base.join(NODE_LEAF), base]);
+        }
+    }
 }
 
 fn setup_v2(root: &Path, own: &OwnCgroups, node: &str) -> Result<Mechanism, String> {
@@ -330,8 +365,11 @@ fn setup_v2(root: &Path, own: &OwnCgroups, node: &str) -> Result<Mechanism, Stri
         fs::create_dir_all(&parent)
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         enable(&parent)?;
+        // Only the node's leaf holds a process, so its base may pass the
+        // controllers on to the jobs' cgroups beside the leaf.
         let base = parent.join(node);
-        fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+        join_own_leaf(&base)?;
+        sweep_dead_nodes(&parent, node);
         base
     } else {
         // A delegated subtree (systemd's Delegate=yes): a cgroup with
@@ -372,7 +410,7 @@ fn remove_children(base: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+        if entry.file_name() != NODE_LEAF && entry.file_type().is_ok_and(|t| t.is_dir()) {
             drop(JobCgroup {
                 dirs: vec![entry.path()],
             });

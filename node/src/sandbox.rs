@@ -233,4 +233,38 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn only_the_start_up_check_sees_the_hosts_system_directories() {
+        let writable = [PathBuf::from("check/out")];
+        let plan = |host_system| SandboxPlan {
+            bwrap: Path::new("/usr/bin/bwrap"),
+            root: Path::new("/var/n/jobs/check-1"),
+            toolchain: Path::new("/var/n/jobs/check-1/.distcc-rs/toolchain"),
+            cwd: "/check",
+            writable: &writable,
+            protected: &[],
+            env: &[],
+            makeflags: None,
+            host_system,
+        };
+        let joined = |p: SandboxPlan<'_>| {
+            p.bwrap_args()
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let check = joined(plan(true));
+        for dir in HOST_SYSTEM_DIRS {
+            assert!(
+                check.contains(&format!("--ro-bind-try /{dir} /{dir} ")),
+                "{check}"
+            );
+        }
+        assert!(check.ends_with("--setenv PATH /usr/bin:/bin --setenv TMPDIR /tmp --"));
+        let job = joined(plan(false));
+        assert!(!job.contains("/usr"), "a job sees none of the host: {job}");
+        assert!(!job.contains("--ro-bind-try"), "{job}");
+    }
 }
