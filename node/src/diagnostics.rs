@@ -121,6 +121,7 @@ pub enum Verdict {
 /// Text that only a failed sandbox or loader prints, never rustc.
 const INFRASTRUCTURE_MARKERS: &[&str] = &[
     "bwrap:",
+    crate::launcher::LAUNCHER_MARKER,
     "error while loading shared libraries",
     "cannot open shared object file",
 ];

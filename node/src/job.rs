@@ -18,6 +18,8 @@ use tokio::io::AsyncBufReadExt;
 use tracing::{debug, info, warn};
 
 use crate::diagnostics::{self, Action, Gate, Verdict};
+use crate::isolation::Isolation;
+use crate::limits::JobCgroup;
 use crate::manifest::{self, ValidJob};
 use crate::sandbox::SandboxPlan;
 use crate::server::Shared;
@@ -121,6 +123,13 @@ pub async fn serve(
     shared.report(NodeEvent::JobStarted { job });
     let started = Instant::now();
     info!(job_id = %job, crate_name = %req.crate_name, "job started");
+    if matches!(shared.isolation, Isolation::Insecure) {
+        warn!(
+            job_id = %job,
+            "INSECURE: this job runs without the job user and without limits \
+             (--insecure-no-sandbox)"
+        );
+    }
 
     // The job ends when it ends, when it runs out of time, or when its
     // client goes away (cargo was interrupted): dropping `run` then kills
@@ -245,10 +254,27 @@ async fn run(
         .chain(SandboxPlan::mount_points().iter().map(Path::new))
         .map(|d| root.path.join(d))
         .collect();
+    // The job user owns what the job may write (its output directories and
+    // /tmp) and the job root itself, which it must be able to enter; the
+    // rest belongs to the node and is read-only inside anyway.
+    let writable: Vec<PathBuf> = std::iter::once(root.path.clone())
+        .chain(
+            job.output_dirs
+                .iter()
+                .map(PathBuf::as_path)
+                .chain([Path::new("tmp")])
+                .map(|d| root.path.join(d)),
+        )
+        .collect();
+    let user = shared.isolation.job_user();
     let store = shared.store.clone();
-    tokio::task::spawn_blocking(move || populate(&store, &dirs, &placements))
-        .await
-        .map_err(|e| io_err("populating the job directory", e))??;
+    tokio::task::spawn_blocking(move || {
+        populate(&store, &dirs, &placements)?;
+        crate::isolation::chown_writable(user, &writable)
+            .map_err(|e| io_err("giving the job user its directories", e))
+    })
+    .await
+    .map_err(|e| io_err("populating the job directory", e))??;
     w.send(&JobEvent::Running).await?;
     let code = compile(shared, job, &root.path, &toolchain, w).await;
     if let Err(RunError::Job(JobError::Sandbox(why))) = &code
@@ -387,15 +413,31 @@ async fn compile(
         bwrap: &shared.config.bwrap,
         root,
         toolchain: &toolchain.dir,
-        bundle: &toolchain.manifest,
         cwd: &req.cwd,
-        args: &req.args,
         writable: &job.output_dirs,
         protected: &protected,
         env: &req.env,
         makeflags: Some(&shared.makeflags),
+        host_system: false,
     };
-    let (program, args) = plan.command();
+    let (bwrap, bwrap_args) = plan.rustc_command(&toolchain.manifest, &req.args);
+    let cgroup = match &shared.isolation {
+        Isolation::Hardened(h) => {
+            let name = root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| req.ticket.job.to_string());
+            JobCgroup::create(&h.mechanism, &name, &h.limits).map_err(|e| {
+                RunError::Job(JobError::Sandbox(format!(
+                    "cannot create the job's cgroup: {e}"
+                )))
+            })?
+        }
+        Isolation::Insecure => None,
+    };
+    let (program, args) = shared
+        .isolation
+        .command(cgroup.as_ref(), &bwrap, &bwrap_args);
     let mut child = tokio::process::Command::new(&program)
         .args(&args)
         .env_clear()
@@ -450,6 +492,31 @@ async fn compile(
         .wait()
         .await
         .map_err(|e| io_err("waiting for rustc", e))?;
+    let limits_hit = cgroup
+        .as_ref()
+        .map(JobCgroup::limits_hit)
+        .unwrap_or_default();
+    // Killing whatever is left and removing the cgroup happens here, not
+    // when the job's directory goes: nothing of the job outlives rustc.
+    drop(cgroup);
+    if !limits_hit.is_empty() {
+        warn!(
+            job_id = %req.ticket.job,
+            limits = ?limits_hit,
+            %status,
+            "the job ran into its limits"
+        );
+        // A failure is blamed on the limit, not on the code: a job that
+        // needs more than this node allows may still compile elsewhere or
+        // locally. A job that succeeded anyway coped with the limit, and
+        // its result stands.
+        if !status.success() {
+            return Err(RunError::Job(JobError::Sandbox(format!(
+                "the job ran into its {} on this node",
+                limits_hit.join(" and ")
+            ))));
+        }
+    }
     let Some(code) = status.code() else {
         use std::os::unix::process::ExitStatusExt;
         return Err(RunError::Job(JobError::Killed {

@@ -4,6 +4,12 @@
 //!
 //! * [`manifest`]: validation of job requests (pure).
 //! * [`sandbox`]: the sandbox plan and its bubblewrap command line (pure).
+//! * [`limits`]: per-job limits as cgroup files or rlimits (pure), and the
+//!   job cgroups.
+//! * [`launcher`]: the process that joins a job's cgroups, sets rlimits and
+//!   becomes bubblewrap as the job user.
+//! * [`isolation`]: the job user, the limits in force, and the start-up
+//!   check of the whole sandbox.
 //! * [`diagnostics`]: reading rustc's stderr to tell compile errors from
 //!   farm failures (pure).
 //! * [`store`]: the content-addressed store of input blobs.
@@ -20,8 +26,11 @@
 pub mod control;
 pub mod diagnostics;
 pub mod fetch;
+pub mod isolation;
 pub mod job;
 pub mod jobserver;
+pub mod launcher;
+pub mod limits;
 pub mod load;
 pub mod manifest;
 pub mod prefetch;
@@ -51,6 +60,10 @@ pub enum NodeError {
          (e.g. `apt-get install bubblewrap`) or pass --bwrap PATH"
     )]
     NoSandbox { program: PathBuf },
+    #[error(transparent)]
+    JobUser(#[from] isolation::UserError),
+    #[error(transparent)]
+    SandboxBroken(#[from] isolation::CheckError),
 }
 
 impl NodeError {

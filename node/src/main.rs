@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use distcc_rs_net::config_file::{Computed, ConfigError, Layered, parse_layered};
-use distcc_rs_node::{Node, NodeConfig};
+use distcc_rs_node::limits::Limits;
+use distcc_rs_node::{Node, NodeConfig, launcher};
 use distcc_rs_proto::discovery::{DEFAULT_FARM, FarmNameError, validate_farm_name};
 
 /// The configuration file read when neither --config nor DISTCC_RS_CONFIG
@@ -91,6 +92,38 @@ struct Args {
     /// Seconds a job may run before it is killed.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     job_timeout: u64,
+    /// The user jobs run as when the node runs as root: a name, a uid, or
+    /// UID:GID [default: nobody]. The node gives it each job's output
+    /// directories and nothing else. A node running as another user runs
+    /// jobs as itself (in bubblewrap's user namespace) and may only name
+    /// itself here.
+    #[arg(long, value_name = "USER")]
+    job_user: Option<String>,
+    /// The memory one job may use, with the suffixes of --store-size. Past
+    /// it the kernel kills the job, and its client compiles it elsewhere.
+    /// Enforced by the job's cgroup, or per process by RLIMIT_DATA where
+    /// the node cannot create cgroups.
+    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = parse_size)]
+    job_memory: u64,
+    /// The CPUs' worth of time one job may use, e.g. 2 or 1.5 [default:
+    /// the number of CPUs]. Enforced by the job's cgroup (a CFS quota);
+    /// without cgroups, by RLIMIT_CPU as CPU seconds (this times
+    /// --job-timeout).
+    #[arg(long, value_name = "CPUS", value_parser = parse_cpus)]
+    job_cpus: Option<u32>,
+    /// The processes and threads one job may run at once. rustc itself
+    /// needs a few dozen. Without cgroups this is RLIMIT_NPROC, which
+    /// counts every process of the job user, all jobs together.
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u32).range(16..))]
+    job_pids: u32,
+    /// Run jobs without the sandbox's protections: as the node's own user,
+    /// without memory, CPU or process limits (the job timeout still
+    /// applies), and without checking at start-up that the sandbox works.
+    /// bubblewrap still builds each job's view of the file system. For
+    /// machines where the sandbox cannot work and every client is trusted;
+    /// logged as a warning at start and for every job.
+    #[arg(long)]
+    insecure_no_sandbox: bool,
     /// The most disk space the input cache (<WORK_DIR>/store) may take, in
     /// bytes or with a suffix: K, M, G, T, or KiB, MiB, GiB, TiB, all
     /// powers of 1024 (e.g. 512M, 10GiB). Past it, the least recently used
@@ -157,11 +190,53 @@ fn parse_size(text: &str) -> Result<u64, SizeError> {
         .ok_or_else(|| SizeError::TooLarge(text.to_owned()))
 }
 
+/// A number of CPUs that cannot be used.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a number of CPUs: expected a positive number such as 2 or 1.5")]
+struct CpusError(String);
+
+/// Reads a number of CPUs (`2`, `0.5`, at most three decimals) as
+/// thousandths of a CPU.
+fn parse_cpus(text: &str) -> Result<u32, CpusError> {
+    let bad = || CpusError(text.to_owned());
+    let trimmed = text.trim();
+    let (whole, frac) = trimmed.split_once('.').unwrap_or((trimmed, ""));
+    if whole.is_empty() && frac.is_empty()
+        || frac.len() > 3
+        || !whole
+            .bytes()
+            .chain(frac.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let whole: u32 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    let frac: u32 = format!("{frac:0<3}").parse().map_err(|_| bad())?;
+    let millis = whole
+        .checked_mul(1000)
+        .and_then(|m| m.checked_add(frac))
+        .ok_or_else(bad)?;
+    if millis == 0 {
+        return Err(bad());
+    }
+    Ok(millis)
+}
+
 fn parse_farm_name(name: &str) -> Result<String, FarmNameError> {
     validate_farm_name(name).map(|()| name.to_owned())
 }
 
 fn main() -> std::process::ExitCode {
+    // The node starts every job through its own binary, which then joins
+    // the job's cgroups and becomes bubblewrap (see the launcher module).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == launcher::LAUNCHER_ARG) {
+        return launcher::main(&argv[2..]);
+    }
     let env = |name: &str| std::env::var(name).ok();
     let (args, layered) = match parse_args(std::env::args_os(), &env, Path::new(DEFAULT_CONFIG)) {
         Ok(parsed) => parsed,
@@ -213,6 +288,10 @@ fn print_config(layered: &Layered) -> String {
             key: "slots",
             value: toml::Value::Integer(i64::from(default_slots())),
         },
+        Computed {
+            key: "job_cpus",
+            value: toml::Value::Integer(i64::from(default_slots())),
+        },
     ])
 }
 
@@ -260,6 +339,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         toolchain_cache_size: args.toolchain_cache_size,
         prefetch: args.prefetch,
         smoke_test: true,
+        job_user: args.job_user,
+        job_limits: Limits {
+            memory: args.job_memory,
+            cpu_millis: args.job_cpus.unwrap_or(default_slots() * 1000),
+            pids: args.job_pids,
+        },
+        launcher: std::env::current_exe()
+            .context("cannot find the node's own binary, which starts every job")?,
+        insecure_no_sandbox: args.insecure_no_sandbox,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
@@ -301,6 +389,50 @@ mod tests {
         assert_eq!(parse_size("10G"), Ok(10 << 30));
         assert_eq!(parse_size("10 GiB"), Ok(10 << 30));
         assert_eq!(parse_size("2T"), Ok(2 << 40));
+    }
+
+    #[test]
+    fn cpus_are_read_as_thousandths() {
+        assert_eq!(parse_cpus("2"), Ok(2000));
+        assert_eq!(parse_cpus("1.5"), Ok(1500));
+        assert_eq!(parse_cpus("0.25"), Ok(250));
+        assert_eq!(parse_cpus(".5"), Ok(500));
+        assert_eq!(parse_cpus("0.001"), Ok(1));
+        for bad in ["", "0", "0.0", "-1", "1.2345", "two", "1e3", "99999999"] {
+            assert_eq!(parse_cpus(bad), Err(CpusError(bad.into())), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn job_limits_default_to_four_gibibytes_and_512_processes() {
+        let args = parse(&[], &[]).unwrap();
+        assert_eq!(args.job_memory, 4 << 30);
+        assert_eq!(args.job_cpus, None);
+        assert_eq!(args.job_pids, 512);
+        assert_eq!(args.job_user, None);
+        assert!(!args.insecure_no_sandbox);
+        let args = parse(
+            &[
+                "--job-memory",
+                "1GiB",
+                "--job-cpus",
+                "1.5",
+                "--job-pids",
+                "64",
+                "--job-user",
+                "builder",
+                "--insecure-no-sandbox",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(args.job_memory, 1 << 30);
+        assert_eq!(args.job_cpus, Some(1500));
+        assert_eq!(args.job_pids, 64);
+        assert_eq!(args.job_user.as_deref(), Some("builder"));
+        assert!(args.insecure_no_sandbox);
+        // Fewer processes than rustc needs to start is a mistake.
+        assert!(parse(&["--job-pids", "4"], &[]).is_err());
     }
 
     #[test]

@@ -9,6 +9,13 @@
 //! and has no network. rustc is started through the bundle's own dynamic
 //! loader with the bundle's libraries, so the node needs no Rust install and
 //! its own glibc does not matter.
+//!
+//! Nothing of the node's own file system is visible inside but the job root
+//! and the toolchain: not `/etc` (so no `/etc/shadow`), not the node's work
+//! directory, not the host's `/proc` (a fresh one for the job's pid
+//! namespace) or `/sys`. bubblewrap itself is started by the launcher
+//! ([`crate::launcher`]) as the unprivileged job user, inside the job's
+//! cgroup; see [`crate::isolation`].
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -27,10 +34,8 @@ pub struct SandboxPlan<'a> {
     pub root: &'a Path,
     /// The unpacked toolchain on the node's disk.
     pub toolchain: &'a Path,
-    pub bundle: &'a BundleManifest,
     /// rustc's working directory, as an absolute client path.
     pub cwd: &'a str,
-    pub args: &'a [String],
     /// Directories, relative to the job root, that rustc may write to.
     pub writable: &'a [PathBuf],
     /// Input files, relative to the job root, that lie inside a writable
@@ -42,7 +47,14 @@ pub struct SandboxPlan<'a> {
     /// `CARGO_MAKEFLAGS` naming the node's jobserver, whose descriptors
     /// rustc inherits through bubblewrap.
     pub makeflags: Option<&'a str>,
+    /// Whether the host's system directories ([`HOST_SYSTEM_DIRS`]) are
+    /// mounted read-only: only for the start-up check, which runs a host
+    /// program (jobs run the toolchain's rustc and need none of them).
+    pub host_system: bool,
 }
+
+/// The host directories the start-up check mounts, so that `touch` runs.
+pub const HOST_SYSTEM_DIRS: [&str; 4] = ["usr", "bin", "lib", "lib64"];
 
 impl SandboxPlan<'_> {
     /// Directories, relative to the job root, that must exist before
@@ -58,9 +70,9 @@ impl SandboxPlan<'_> {
         [("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")]
     }
 
-    /// The program and arguments to spawn.
-    pub fn command(&self) -> (PathBuf, Vec<OsString>) {
-        let tc = |rel: &str| format!("{TOOLCHAIN_MOUNT}/{rel}");
+    /// bubblewrap and its arguments up to and including the `--` that
+    /// precedes the sandboxed command.
+    pub fn bwrap_args(&self) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
         push(&["--die-with-parent", "--new-session", "--unshare-all"]);
@@ -85,6 +97,12 @@ impl SandboxPlan<'_> {
         a.push("--ro-bind".into());
         a.push(self.toolchain.into());
         a.push(TOOLCHAIN_MOUNT.into());
+        if self.host_system {
+            for dir in HOST_SYSTEM_DIRS {
+                let host = Path::new("/").join(dir);
+                a.extend(["--ro-bind-try".into(), host.clone().into(), host.into()]);
+            }
+        }
         let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
         push(&[
             "--proc",
@@ -101,12 +119,28 @@ impl SandboxPlan<'_> {
         if let Some(flags) = self.makeflags {
             push(&["--setenv", "CARGO_MAKEFLAGS", flags]);
         }
+        if self.host_system {
+            push(&["--setenv", "PATH", "/usr/bin:/bin"]);
+        }
         push(&["--setenv", "TMPDIR", "/tmp", "--"]);
-        push(&[&tc(&self.bundle.interpreter), "--library-path"]);
-        let libs: Vec<String> = self.bundle.library_path.iter().map(|l| tc(l)).collect();
+        a
+    }
+
+    /// bubblewrap running the bundle's rustc with `args`, through the
+    /// bundle's own dynamic loader.
+    pub fn rustc_command(
+        &self,
+        bundle: &BundleManifest,
+        args: &[String],
+    ) -> (PathBuf, Vec<OsString>) {
+        let tc = |rel: &str| format!("{TOOLCHAIN_MOUNT}/{rel}");
+        let mut a = self.bwrap_args();
+        a.push(tc(&bundle.interpreter).into());
+        a.push("--library-path".into());
+        let libs: Vec<String> = bundle.library_path.iter().map(|l| tc(l)).collect();
         a.push(libs.join(":").into());
-        a.push(tc(&self.bundle.rustc).into());
-        a.extend(self.args.iter().map(OsString::from));
+        a.push(tc(&bundle.rustc).into());
+        a.extend(args.iter().map(OsString::from));
         (self.bwrap.to_path_buf(), a)
     }
 }
@@ -135,15 +169,14 @@ mod tests {
             bwrap: Path::new("/usr/bin/bwrap"),
             root: Path::new("/var/n/jobs/j1/root"),
             toolchain: Path::new("/var/n/toolchains/abc"),
-            bundle: &b,
             cwd: "/home/u/p",
-            args: &args,
             writable: &[PathBuf::from("home/u/p/target/deps")],
             protected: &[PathBuf::from("home/u/p/target/deps/libdep.rmeta")],
             env: &[("CARGO_PKG_NAME".into(), "x".into())],
             makeflags: Some("-j --jobserver-fds=3,4 --jobserver-auth=3,4"),
+            host_system: false,
         };
-        let (prog, argv) = plan.command();
+        let (prog, argv) = plan.rustc_command(&b, &args);
         assert_eq!(prog, Path::new("/usr/bin/bwrap"));
         let argv: Vec<String> = argv.into_iter().map(|a| a.into_string().unwrap()).collect();
         let joined = argv.join(" ");
@@ -199,5 +232,39 @@ mod tests {
                 "x"
             ]
         );
+    }
+
+    #[test]
+    fn only_the_start_up_check_sees_the_hosts_system_directories() {
+        let writable = [PathBuf::from("check/out")];
+        let plan = |host_system| SandboxPlan {
+            bwrap: Path::new("/usr/bin/bwrap"),
+            root: Path::new("/var/n/jobs/check-1"),
+            toolchain: Path::new("/var/n/jobs/check-1/.distcc-rs/toolchain"),
+            cwd: "/check",
+            writable: &writable,
+            protected: &[],
+            env: &[],
+            makeflags: None,
+            host_system,
+        };
+        let joined = |p: SandboxPlan<'_>| {
+            p.bwrap_args()
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let check = joined(plan(true));
+        for dir in HOST_SYSTEM_DIRS {
+            assert!(
+                check.contains(&format!("--ro-bind-try /{dir} /{dir} ")),
+                "{check}"
+            );
+        }
+        assert!(check.ends_with("--setenv PATH /usr/bin:/bin --setenv TMPDIR /tmp --"));
+        let job = joined(plan(false));
+        assert!(!job.contains("/usr"), "a job sees none of the host: {job}");
+        assert!(!job.contains("--ro-bind-try"), "{job}");
     }
 }

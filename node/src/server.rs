@@ -18,6 +18,8 @@ use distcc_rs_proto::{JobId, NodeId, ToolchainId};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
+use crate::isolation::{self, Hardened, Isolation};
+use crate::limits::{self, OwnCgroups};
 use crate::load::LoadSampler;
 use crate::store::BlobStore;
 use crate::toolchains::{ToolchainError, ToolchainLease, Toolchains, Usage};
@@ -59,6 +61,17 @@ pub struct NodeConfig {
     /// Whether a freshly unpacked toolchain's rustc compiles a test crate
     /// before any job uses it. Off only in tests with fake toolchains.
     pub smoke_test: bool,
+    /// The user jobs run as when the node is root (`--job-user`: a name, a
+    /// uid or `uid:gid`); `None` for [`crate::isolation::DEFAULT_JOB_USER`].
+    pub job_user: Option<String>,
+    /// The limits every job runs under.
+    pub job_limits: crate::limits::Limits,
+    /// The node's own binary, which starts every job as the launcher
+    /// ([`crate::launcher`]).
+    pub launcher: PathBuf,
+    /// Run jobs without the job user, the limits and the start-up check
+    /// (`--insecure-no-sandbox`).
+    pub insecure_no_sandbox: bool,
 }
 
 /// State every task of the node shares.
@@ -74,6 +87,8 @@ pub struct Shared {
     pub jobserver: crate::jobserver::Jobserver,
     /// `CARGO_MAKEFLAGS` for the sandbox, naming [`Shared::jobserver`].
     pub makeflags: String,
+    /// How jobs are isolated, as checked at start-up.
+    pub isolation: Isolation,
     /// The key tickets are signed with, while registered with a scheduler.
     pub ticket_key: Mutex<Option<[u8; 32]>>,
     /// The connection to the scheduler, while there is one.
@@ -205,9 +220,17 @@ impl Node {
     /// Opens the work directory and binds the job listener.
     pub fn bind(config: NodeConfig) -> Result<Self, NodeError> {
         let mut config = config;
-        config.bwrap = resolve_program(&config.bwrap).ok_or_else(|| NodeError::NoSandbox {
-            program: config.bwrap.clone(),
-        })?;
+        config.bwrap = match resolve_program(&config.bwrap) {
+            Some(program) => program,
+            // Every job will fail in the sandbox and be compiled by its
+            // client; the operator asked for a node that starts anyway.
+            None if config.insecure_no_sandbox => config.bwrap.clone(),
+            None => {
+                return Err(NodeError::NoSandbox {
+                    program: config.bwrap.clone(),
+                });
+            }
+        };
         let work = &config.work_dir;
         fs::create_dir_all(work).map_err(|e| NodeError::io(work, e))?;
         let node_id = load_or_create_id(&work.join("node-id"))?;
@@ -224,6 +247,7 @@ impl Node {
         // Job roots of a previous run are garbage now.
         let _ = fs::remove_dir_all(&jobs_dir);
         fs::create_dir_all(&jobs_dir).map_err(|e| NodeError::io(&jobs_dir, e))?;
+        let isolation = isolate(&config, &jobs_dir, node_id)?;
         let opts = EndpointOptions::default();
         let identity = Identity::self_signed("distcc-rs-node")?;
         let endpoint = distcc_rs_net::bind_server(
@@ -249,6 +273,7 @@ impl Node {
             slots: Arc::new(Semaphore::new(config.slots as usize)),
             jobserver,
             makeflags,
+            isolation,
             config,
             node_id,
             store,
@@ -384,6 +409,58 @@ async fn stream(shared: Arc<Shared>, conn: quinn::Connection, w: FrameWriter, mu
         Ok(NodeRequest::Adopt(adopt)) => control::adopted(shared, conn, w, r, adopt).await,
         Err(e) => debug!(cause = %e, "stream closed before a request arrived"),
     }
+}
+
+/// Decides how jobs run and checks that it works, or says loudly that jobs
+/// will run unprotected.
+fn isolate(config: &NodeConfig, jobs_dir: &Path, node: NodeId) -> Result<Isolation, NodeError> {
+    if config.insecure_no_sandbox {
+        warn!(
+            "INSECURE: started with --insecure-no-sandbox: jobs run as the node's own user \
+             ({}), without cgroup or rlimit limits (only the job timeout), and the sandbox \
+             was not checked. Any client can run code on this machine with the node's rights.",
+            nix::unistd::geteuid()
+        );
+        return Ok(Isolation::Insecure);
+    }
+    let user = isolation::resolve_user(
+        config.job_user.as_deref(),
+        nix::unistd::geteuid().as_raw(),
+        &isolation::lookup_user,
+    )?;
+    let own = OwnCgroups::parse(&fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
+    let mechanism = limits::detect(
+        Path::new(limits::CGROUP_ROOT),
+        &own,
+        &format!("{:016x}", node.0),
+    );
+    let hardened = Hardened {
+        launcher: config.launcher.clone(),
+        user,
+        limits: config.job_limits,
+        mechanism,
+        timeout: config.job_timeout,
+    };
+    isolation::check(&hardened, &config.bwrap, jobs_dir)?;
+    let user = match user {
+        Some(u) => format!("uid {} gid {}", u.uid, u.gid),
+        None => format!(
+            "the node's own user (uid {}), in a user namespace",
+            nix::unistd::geteuid()
+        ),
+    };
+    let l = &config.job_limits;
+    info!(
+        bwrap = %config.bwrap.display(),
+        "jobs run sandboxed as {user}; each is limited to {} MiB of memory, {}.{:03} CPUs \
+         and {} processes through {}",
+        l.memory >> 20,
+        l.cpu_millis / 1000,
+        l.cpu_millis % 1000,
+        l.pids,
+        hardened.mechanism.describe()
+    );
+    Ok(Isolation::Hardened(hardened))
 }
 
 /// Finds a program the way a shell would, once, at start-up: jobs then

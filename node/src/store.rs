@@ -328,7 +328,11 @@ impl BlobStore {
         digest: &Digest,
         now: SystemTime,
     ) -> io::Result<()> {
-        let size = tmp.as_file().metadata()?.len();
+        let meta = tmp.as_file().metadata()?;
+        let size = meta.len();
+        // Jobs run as another user, which must be able to read the inputs
+        // linked into their roots; a temporary file starts out private.
+        make_world_readable(tmp.as_file(), &meta)?;
         // An eviction may be about to delete an older file of this digest.
         // The evictor deletes only what is still in `doomed`, checking under
         // the lock it deletes under, so once the digest is out of it, the
@@ -363,7 +367,12 @@ impl BlobStore {
     pub fn place(&self, digest: &Digest, dest: &Path, executable: bool) -> io::Result<()> {
         let src = self.path(digest);
         let placed = if !executable && fs::hard_link(&src, dest).is_ok() {
-            Ok(())
+            // Blobs stored by a version of the node that kept them private
+            // are made readable on first use.
+            fs::File::open(dest).and_then(|f| {
+                let meta = f.metadata()?;
+                make_world_readable(&f, &meta)
+            })
         } else {
             copy_input(&src, dest, executable)
         };
@@ -513,10 +522,19 @@ impl BlobStore {
 }
 
 fn copy_input(src: &Path, dest: &Path, executable: bool) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     fs::copy(src, dest)?;
-    if executable {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(dest, fs::Permissions::from_mode(0o755))?;
+    let mode = if executable { 0o755 } else { 0o644 };
+    fs::set_permissions(dest, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Lets every user read `file` (whose metadata is `meta`), unless it can.
+fn make_world_readable(file: &fs::File, meta: &fs::Metadata) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o444 != 0o444 {
+        file.set_permissions(fs::Permissions::from_mode(mode | 0o444))?;
     }
     Ok(())
 }

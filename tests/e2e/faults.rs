@@ -387,12 +387,21 @@ fn broken_sandbox_falls_back_locally() {
 
     let scheduler = Scheduler::start(fixture.scratch());
     // /bin/false exits at once with an error, like a bubblewrap that cannot
-    // set up its namespaces: every job fails in the sandbox.
-    let _node = Node::start(
+    // set up its namespaces: every job fails in the sandbox. A node refuses
+    // to start with a sandbox that does not work (see
+    // `sandbox::a_node_whose_sandbox_does_not_work_refuses_to_start`)
+    // unless told to start anyway, which it warns about.
+    let node = Node::start(
         fixture.scratch(),
         scheduler.addr(),
         "n1",
-        &["--bwrap", "/bin/false"],
+        &["--bwrap", "/bin/false", "--insecure-no-sandbox"],
+    );
+    assert!(
+        node.log()
+            .contains("INSECURE: started with --insecure-no-sandbox"),
+        "the node should warn at start that jobs are not sandboxed; log:\n{}",
+        node.log()
     );
     let farm = FarmEnv::new(scheduler.addr(), &fixture.scratch().join("client"));
     farm_build(&fixture, &farm);
@@ -401,5 +410,11 @@ fn broken_sandbox_falls_back_locally() {
     for krate in ["base", "uses_macros", "native"] {
         assert_ran(&events, krate, Where::Fallback);
     }
+    assert!(
+        node.log()
+            .contains("INSECURE: this job runs without the job user"),
+        "the node should warn for every job that it is not sandboxed; log:\n{}",
+        node.log()
+    );
     compare_artifacts(&local.artifacts, &snapshot_artifacts(&fixture.target_dir()));
 }

@@ -16,6 +16,7 @@ mod errors;
 mod faults;
 mod premise;
 mod remote;
+mod sandbox;
 mod status;
 mod toolchains;
 

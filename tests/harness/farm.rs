@@ -337,6 +337,7 @@ impl Node {
         let work_dir = dir.join(format!("node-{name}"));
         std::fs::create_dir_all(&work_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", work_dir.display()));
+        let_the_job_user_in(&work_dir);
         command
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -383,6 +384,25 @@ impl Node {
     /// its machine had lost power.
     pub fn kill(&mut self) {
         self.daemon.guard.kill();
+    }
+}
+
+/// Makes `dir` and every directory above it that this process owns
+/// traversable by other users. A node started as root runs its jobs as an
+/// unprivileged user (`nobody`), which must reach the job directories under
+/// the node's work directory; test directories are private temporary ones.
+fn let_the_job_user_in(dir: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    for ancestor in dir.ancestors() {
+        let Ok(meta) = std::fs::metadata(ancestor) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if Some(meta.uid()) == me && mode & 0o001 == 0 {
+            std::fs::set_permissions(ancestor, std::fs::Permissions::from_mode(mode | 0o011))
+                .unwrap_or_else(|e| panic!("cannot open up {}: {e}", ancestor.display()));
+        }
     }
 }
 

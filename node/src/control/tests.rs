@@ -48,6 +48,17 @@ fn start_node(farm: &str) -> Running {
         toolchain_cache_size: 1 << 20,
         prefetch: false,
         smoke_test: false,
+        job_user: None,
+        job_limits: crate::limits::Limits {
+            memory: 1 << 30,
+            cpu_millis: 1000,
+            pids: 128,
+        },
+        launcher: "distcc-rs-node".into(),
+        // No job runs in these tests, and their work directory is a
+        // private temporary one the job user could not reach; the sandbox
+        // is checked by the end-to-end tests.
+        insecure_no_sandbox: true,
     };
     let node = Node::bind(config).expect("the node starts (is bubblewrap installed?)");
     let addr = node.local_addr().unwrap();

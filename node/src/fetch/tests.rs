@@ -109,6 +109,17 @@ fn config(work: &std::path::Path, cache: u64, prefetch: bool) -> NodeConfig {
         prefetch,
         // The fake toolchains have no rustc that could compile anything.
         smoke_test: false,
+        job_user: None,
+        job_limits: crate::limits::Limits {
+            memory: 1 << 30,
+            cpu_millis: 1000,
+            pids: 128,
+        },
+        launcher: "distcc-rs-node".into(),
+        // No job runs in these tests, and their work directory is a
+        // private temporary one the job user could not reach; the sandbox
+        // is checked by the end-to-end tests.
+        insecure_no_sandbox: true,
     }
 }
 
