@@ -807,12 +807,9 @@ async fn run_job(
                     node: node.clone(),
                     reason,
                 };
-                let mut tmp = tempfile::Builder::new()
-                    .prefix(".distcc-rs-")
-                    .tempfile_in(parent)
-                    .map_err(|e| {
-                        cannot_write(format!("cannot write in {}: {e}", parent.display()))
-                    })?;
+                let mut tmp = crate::outputs::temp_file_in(parent).map_err(|e| {
+                    cannot_write(format!("cannot write in {}: {e}", parent.display()))
+                })?;
                 let got = payload::recv_compressed(&mut r, tmp.as_file_mut(), header.size)
                     .await
                     .map_err(net)?;
@@ -823,13 +820,7 @@ async fn run_job(
                         header.path, got.size, header.size
                     )));
                 }
-                // Temporary files are private (0600); rustc's outputs are not.
-                use std::os::unix::fs::PermissionsExt;
-                let mode = if header.executable { 0o755 } else { 0o644 };
-                let _ = tmp
-                    .as_file()
-                    .set_permissions(fs::Permissions::from_mode(mode));
-                tmp.persist(&local).map_err(|e| {
+                crate::outputs::install(tmp, &local, header.executable).map_err(|e| {
                     cannot_write(format!("cannot write {}: {}", header.path, e.error))
                 })?;
                 received.insert(local);

@@ -241,19 +241,7 @@ async fn run(
     let root = JobRoot::create(&shared.jobs_dir, req.ticket.job)?;
     // Thousands of links and directories: blocking work, done off the
     // async workers.
-    let placements: Vec<(Digest, PathBuf, bool)> = job
-        .files
-        .iter()
-        .map(|(f, rel)| (f.digest, root.path.join(rel), f.executable))
-        .collect();
-    let dirs: Vec<PathBuf> = job
-        .dirs
-        .iter()
-        .chain(&job.output_dirs)
-        .map(PathBuf::as_path)
-        .chain(SandboxPlan::mount_points().iter().map(Path::new))
-        .map(|d| root.path.join(d))
-        .collect();
+    let (dirs, placements) = root_layout(&root.path, job);
     // The job user owns what the job may write (its output directories and
     // /tmp) and the job root itself, which it must be able to enter; the
     // rest belongs to the node and is read-only inside anyway.
@@ -354,6 +342,26 @@ impl JobRoot {
             .keep();
         Ok(JobRoot { path })
     }
+}
+
+/// Where a job's directories go and where each input is placed, under
+/// `root`: the validated paths joined to it, plus the sandbox's mount
+/// points.
+fn root_layout(root: &Path, job: &ValidJob<'_>) -> (Vec<PathBuf>, Vec<(Digest, PathBuf, bool)>) {
+    let dirs = job
+        .dirs
+        .iter()
+        .chain(&job.output_dirs)
+        .map(PathBuf::as_path)
+        .chain(SandboxPlan::mount_points().iter().map(Path::new))
+        .map(|d| root.join(d))
+        .collect();
+    let placements = job
+        .files
+        .iter()
+        .map(|(f, rel)| (f.digest, root.join(rel), f.executable))
+        .collect();
+    (dirs, placements)
 }
 
 /// Creates a job's directories and places its inputs from the store.
@@ -752,6 +760,214 @@ mod tests {
         let mut tee = Tee::new(fs::File::open(&out).unwrap(), None);
         tee.read_to_end(&mut Vec::new()).unwrap();
         assert!(tee.finish().is_none());
+    }
+
+    /// Every file and directory under `dir`, with each file's content and
+    /// each symlink's target, to show that nothing changed there.
+    fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
+        let mut all = Vec::new();
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(d) = pending.pop() {
+            for entry in fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                let meta = fs::symlink_metadata(&path).unwrap();
+                let what = if meta.is_dir() {
+                    pending.push(path.clone());
+                    "dir".to_owned()
+                } else if meta.is_symlink() {
+                    format!("-> {}", fs::read_link(&path).unwrap().display())
+                } else {
+                    String::from_utf8_lossy(&fs::read(&path).unwrap()).into_owned()
+                };
+                all.push((path, what));
+            }
+        }
+        all.sort();
+        all
+    }
+
+    /// A validated request with the oddest names the validator lets
+    /// through puts everything inside the job root and nothing beside it.
+    #[test]
+    fn a_validated_request_populates_only_its_job_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::BlobStore::open(dir.path().join("store"), 1 << 30).unwrap();
+        let mut tmp = store.temp_file().unwrap();
+        std::io::Write::write_all(&mut tmp, b"input").unwrap();
+        let digest = Digest(*blake3::hash(b"input").as_bytes());
+        store.commit(tmp, &digest).unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(outside.join("etc")).unwrap();
+        fs::write(outside.join("etc/passwd"), b"root:x:0:0").unwrap();
+        let before = snapshot(&outside);
+
+        let file = |path: &str| distcc_rs_proto::message::FileEntry {
+            path: path.into(),
+            digest,
+            size: 5,
+            executable: false,
+        };
+        let req = JobRequest {
+            ticket: Ticket {
+                job: JobId(1),
+                node: NodeId(1),
+                toolchain: ToolchainId(Digest([0; 32])),
+                mac: [0; 32],
+            },
+            crate_name: "c".into(),
+            args: vec![],
+            env: vec![],
+            cwd: "/w".into(),
+            files: [
+                "/w/..a",
+                "/w/.../etc/passwd",
+                "/w/.hidden",
+                "/etc/passwd",
+                "/tmp/x/y",
+            ]
+            .into_iter()
+            .map(file)
+            .collect(),
+            dirs: vec!["/".into(), "/w".into(), "/w/...".into()],
+            output_dirs: vec!["/w/target".into(), "/tmp/out".into()],
+        };
+        let valid = manifest::validate(&req, &manifest::Limits::default()).unwrap();
+        let root = dir.path().join("jobs/1");
+        fs::create_dir_all(&root).unwrap();
+        let (dirs, placements) = root_layout(&root, &valid);
+        populate(&store, &dirs, &placements).ok().unwrap();
+
+        assert_eq!(snapshot(&outside), before);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(fs::read(root.join("etc/passwd")).unwrap(), b"input");
+        assert_eq!(fs::read(root.join("w/.../etc/passwd")).unwrap(), b"input");
+        assert!(root.join("w/target").is_dir() && root.join("tmp/out").is_dir());
+        // The node made every entry itself: no symlink that a later step
+        // could follow out of the root.
+        for (path, what) in snapshot(&root) {
+            assert!(!what.starts_with("-> "), "{path:?} {what}");
+        }
+    }
+
+    /// The message of a refusal, or a panic naming what was accepted.
+    fn refusal<T>(result: Result<T, RunError>, what: &str) -> String {
+        match result {
+            Ok(_) => panic!("{what} was accepted"),
+            Err(RunError::Job(JobError::Io(message))) => message,
+            Err(RunError::Job(other)) => panic!("{what}: unexpected refusal {other}"),
+            Err(RunError::Net(other)) => panic!("{what}: unexpected refusal {other}"),
+        }
+    }
+
+    #[test]
+    fn only_paths_directly_inside_an_output_dir_are_read() {
+        let dirs = [PathBuf::from("w/target/deps")];
+        let rel = output_path(&dirs, "/w/target/deps/libx.rlib").ok().unwrap();
+        assert_eq!(rel, Path::new("w/target/deps/libx.rlib"));
+        for bad in [
+            "/w/target/deps/../../../etc/passwd",
+            "/w/target/deps/./libx.rlib",
+            "/w/target/deps//libx.rlib",
+            "/w/target/deps/sub/libx.rlib",
+            "/w/target/libx.rlib",
+            "/w/target/deps",
+            "/w/target/deps/",
+            "w/target/deps/libx.rlib",
+            "/etc/passwd",
+            "/",
+            "",
+        ] {
+            refusal(output_path(&dirs, bad), bad);
+        }
+    }
+
+    /// A job root with one output directory, `w/out`, and beside the root
+    /// a directory the sandbox must never make the node read.
+    struct Layout {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        outside: PathBuf,
+    }
+
+    fn layout() -> Layout {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(root.join("w/out")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("secret"), b"the node's own file").unwrap();
+        Layout {
+            _dir: dir,
+            root,
+            outside,
+        }
+    }
+
+    #[test]
+    fn only_regular_files_are_opened_and_no_symlink_is_followed() {
+        let l = layout();
+        let out = l.root.join("w/out");
+        fs::write(out.join("libok.rlib"), b"rlib").unwrap();
+        std::os::unix::fs::symlink(l.outside.join("secret"), out.join("abs.rlib")).unwrap();
+        std::os::unix::fs::symlink("../../../outside/secret", out.join("rel.rlib")).unwrap();
+        std::os::unix::fs::symlink(&l.outside, out.join("dirlink")).unwrap();
+        fs::create_dir(out.join("adir")).unwrap();
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(out.join("fifo"))
+            .status()
+            .unwrap();
+        assert!(fifo.success());
+
+        let (mut file, meta) = open_output(&l.root, Path::new("w/out/libok.rlib"), "ok")
+            .ok()
+            .unwrap();
+        assert_eq!(meta.len(), 4);
+        let mut content = String::new();
+        std::io::Read::read_to_string(&mut file, &mut content).unwrap();
+        assert_eq!(content, "rlib");
+
+        for name in ["abs.rlib", "rel.rlib", "dirlink", "adir", "missing"] {
+            let rel = Path::new("w/out").join(name);
+            refusal(open_output(&l.root, &rel, name), name);
+        }
+        // A FIFO is refused at once rather than blocking the node until a
+        // writer appears.
+        let message = refusal(
+            open_output(&l.root, Path::new("w/out/fifo"), "fifo"),
+            "fifo",
+        );
+        assert!(message.contains("not a regular file"), "{message}");
+    }
+
+    /// The sandbox can write in an ancestor of an output directory when
+    /// that ancestor is writable too: an output directory under `/tmp`, or
+    /// one inside another output directory. There it can move the ancestor
+    /// aside and leave a symlink to the node's `/` in its place (bubblewrap
+    /// allows renaming a directory that holds a mount point). The node must
+    /// then refuse the output rather than read the node's own file.
+    #[test]
+    fn a_swapped_ancestor_of_an_output_dir_is_not_followed() {
+        for (output_dir, writable_ancestor) in [("tmp/x/etc", "tmp/x"), ("w/sub/etc", "w/sub")] {
+            let l = layout();
+            fs::create_dir_all(l.root.join(output_dir)).unwrap();
+            fs::create_dir_all(l.outside.join("etc")).unwrap();
+            fs::write(l.outside.join("etc/passwd"), b"root:x:0:0").unwrap();
+            // What code in the sandbox can do once the ancestor is writable.
+            let ancestor = l.root.join(writable_ancestor);
+            fs::rename(&ancestor, ancestor.with_extension("moved")).unwrap();
+            std::os::unix::fs::symlink(&l.outside, &ancestor).unwrap();
+            assert!(l.root.join(output_dir).join("passwd").is_file());
+
+            let dirs = [PathBuf::from(output_dir)];
+            let client_path = format!("/{output_dir}/passwd");
+            let rel = output_path(&dirs, &client_path).ok().unwrap();
+            let message = refusal(open_output(&l.root, &rel, &client_path), &client_path);
+            assert!(message.contains(&client_path), "{message}");
+        }
     }
 
     #[test]

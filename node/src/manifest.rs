@@ -40,6 +40,8 @@ pub enum ManifestError {
     NotAbsolute(String),
     #[error("path {0:?} contains `..` or `.` components or is not normalised")]
     NotNormal(String),
+    #[error("path {0:?} contains a NUL byte")]
+    Nul(String),
     #[error("path {0:?} lies in a directory the sandbox reserves")]
     Reserved(String),
     #[error("path {0:?} is listed twice")]
@@ -72,6 +74,11 @@ pub fn relative_to_root(path: &str) -> Result<PathBuf, ManifestError> {
     let p = Path::new(path);
     if !p.is_absolute() {
         return Err(ManifestError::NotAbsolute(path.to_owned()));
+    }
+    // No file system takes one, and bubblewrap's command line cannot carry
+    // one: refused here rather than half-way through building the job root.
+    if path.contains('\0') {
+        return Err(ManifestError::Nul(path.to_owned()));
     }
     let mut rel = PathBuf::new();
     for comp in p.components() {
@@ -142,6 +149,10 @@ pub fn validate<'a>(req: &'a JobRequest, limits: &Limits) -> Result<ValidJob<'a>
         }
         total += f.size;
         let rel = relative_to_root(&f.path)?;
+        // `/` is the job root itself, which is always a directory.
+        if rel.as_os_str().is_empty() {
+            return Err(ManifestError::FileIsDirectory(f.path.clone()));
+        }
         if !seen.insert(rel.clone()) {
             return Err(ManifestError::Duplicate(f.path.clone()));
         }
@@ -159,16 +170,23 @@ pub fn validate<'a>(req: &'a JobRequest, limits: &Limits) -> Result<ValidJob<'a>
         .iter()
         .map(|d| relative_to_root(d))
         .collect::<Result<Vec<_>, _>>()?;
-    for (d, raw) in dirs.iter().zip(&req.dirs) {
-        if seen.contains(d) {
-            return Err(ManifestError::FileIsDirectory(raw.clone()));
-        }
-    }
     let output_dirs = req
         .output_dirs
         .iter()
         .map(|d| relative_to_root(d))
         .collect::<Result<Vec<_>, _>>()?;
+    // A directory may neither be a file nor lie beneath one: the node would
+    // fail half-way through building the job root instead of refusing the
+    // request up front.
+    for (d, raw) in dirs
+        .iter()
+        .zip(&req.dirs)
+        .chain(output_dirs.iter().zip(&req.output_dirs))
+    {
+        if d.ancestors().any(|a| seen.contains(a)) {
+            return Err(ManifestError::FileIsDirectory(raw.clone()));
+        }
+    }
     let cwd = relative_to_root(&req.cwd)?;
     if !dirs.contains(&cwd) {
         return Err(ManifestError::CwdMissing(req.cwd.clone()));
@@ -308,5 +326,337 @@ mod tests {
             validate(&no_cwd, &Limits::default()),
             Err(ManifestError::CwdMissing(_))
         ));
+    }
+
+    /// A request a client could send, before a case makes it hostile.
+    fn sound() -> JobRequest {
+        let mut req = request(vec![
+            entry("/w/src/lib.rs", 10),
+            entry("/w/target/libdep.rmeta", 5),
+        ]);
+        req.args = vec!["--crate-name".into(), "c".into()];
+        req.env = vec![("CARGO_PKG_NAME".into(), "c".into())];
+        req
+    }
+
+    type Edit = fn(&mut JobRequest);
+    type Kind = fn(&ManifestError) -> bool;
+
+    #[test]
+    fn hostile_requests_are_refused_with_a_clear_error() {
+        let small = Limits {
+            max_files: 3,
+            max_file_size: 100,
+            max_total_size: 150,
+            max_args: 3,
+            max_env: 2,
+        };
+        // What the case changes, the kind of refusal, and what the message
+        // must name so the client's log says what was wrong.
+        let cases: &[(Edit, Kind, &str)] = &[
+            // `..` anywhere, in every field that holds a path.
+            (
+                |r| r.files[0].path = "/w/../etc/passwd".into(),
+                |e| matches!(e, ManifestError::NotNormal(_)),
+                "/w/../etc/passwd",
+            ),
+            (
+                |r| r.files[0].path = "/w/src/..".into(),
+                |e| matches!(e, ManifestError::NotNormal(_)),
+                "/w/src/..",
+            ),
+            (
+                |r| r.dirs.push("/w/../../etc".into()),
+                |e| matches!(e, ManifestError::NotNormal(_)),
+                "/w/../../etc",
+            ),
+            (
+                |r| r.output_dirs = vec!["/w/target/../../../etc".into()],
+                |e| matches!(e, ManifestError::NotNormal(_)),
+                "/w/target/../../../etc",
+            ),
+            (
+                |r| r.cwd = "/w/..".into(),
+                |e| matches!(e, ManifestError::NotNormal(_)),
+                "/w/..",
+            ),
+            // Paths that would name the same place as a normal one.
+            (
+                |r| r.files[0].path = "/w/./src/lib.rs".into(),
+                |e| matches!(e, ManifestError::NotNormal(_)),
+                "/w/./src/lib.rs",
+            ),
+            (
+                |r| r.output_dirs = vec!["/w//target".into()],
+                |e| matches!(e, ManifestError::NotNormal(_)),
+                "/w//target",
+            ),
+            (
+                |r| r.dirs.push("//etc".into()),
+                |e| matches!(e, ManifestError::NotNormal(_)),
+                "//etc",
+            ),
+            (
+                |r| r.cwd = "/w/".into(),
+                |e| matches!(e, ManifestError::NotNormal(_)),
+                "/w/",
+            ),
+            (
+                |r| r.output_dirs = vec!["/w/tar\0get".into()],
+                |e| matches!(e, ManifestError::Nul(_)),
+                "/w/tar\\0get",
+            ),
+            (
+                |r| r.cwd = "/w\0".into(),
+                |e| matches!(e, ManifestError::Nul(_)),
+                "/w\\0",
+            ),
+            // Relative paths would land wherever the node happens to be.
+            (
+                |r| r.files[0].path = "src/lib.rs".into(),
+                |e| matches!(e, ManifestError::NotAbsolute(_)),
+                "src/lib.rs",
+            ),
+            (
+                |r| r.dirs.push("target".into()),
+                |e| matches!(e, ManifestError::NotAbsolute(_)),
+                "target",
+            ),
+            (
+                |r| r.output_dirs = vec!["../target".into()],
+                |e| matches!(e, ManifestError::NotAbsolute(_)),
+                "../target",
+            ),
+            (
+                |r| r.cwd = String::new(),
+                |e| matches!(e, ManifestError::NotAbsolute(_)),
+                "\"\"",
+            ),
+            // What the sandbox mounts itself.
+            (
+                |r| r.files[0].path = "/proc/self/environ".into(),
+                |e| matches!(e, ManifestError::Reserved(_)),
+                "/proc/self/environ",
+            ),
+            (
+                |r| r.output_dirs = vec!["/dev/shm".into()],
+                |e| matches!(e, ManifestError::Reserved(_)),
+                "/dev/shm",
+            ),
+            (
+                |r| r.dirs.push("/.distcc-rs/toolchain".into()),
+                |e| matches!(e, ManifestError::Reserved(_)),
+                "/.distcc-rs/toolchain",
+            ),
+            (
+                |r| r.cwd = "/sys".into(),
+                |e| matches!(e, ManifestError::Reserved(_)),
+                "/sys",
+            ),
+            // Files and directories that cannot both exist.
+            (
+                |r| r.files[0].path = "/".into(),
+                |e| matches!(e, ManifestError::FileIsDirectory(_)),
+                "\"/\"",
+            ),
+            (
+                |r| r.dirs.push("/w/src/lib.rs/x".into()),
+                |e| matches!(e, ManifestError::FileIsDirectory(_)),
+                "/w/src/lib.rs/x",
+            ),
+            (
+                |r| r.output_dirs = vec!["/w/src/lib.rs".into()],
+                |e| matches!(e, ManifestError::FileIsDirectory(_)),
+                "/w/src/lib.rs",
+            ),
+            (
+                |r| r.output_dirs.push("/w/target/libdep.rmeta/out".into()),
+                |e| matches!(e, ManifestError::FileIsDirectory(_)),
+                "/w/target/libdep.rmeta/out",
+            ),
+            (
+                |r| r.files[1].path = "/w/src/lib.rs/inner".into(),
+                |e| matches!(e, ManifestError::FileIsDirectory(_)),
+                "/w/src/lib.rs/inner",
+            ),
+            (
+                |r| r.files[1].path = "/w/src/lib.rs".into(),
+                |e| matches!(e, ManifestError::Duplicate(_)),
+                "/w/src/lib.rs",
+            ),
+            // Sizes and counts over the limits.
+            (
+                |r| {
+                    r.files.push(entry("/w/a", 1));
+                    r.files.push(entry("/w/b", 1));
+                },
+                |e| {
+                    matches!(
+                        e,
+                        ManifestError::TooLarge {
+                            what: "file count",
+                            got: 4,
+                            limit: 3
+                        }
+                    )
+                },
+                "file count",
+            ),
+            (
+                |r| r.files[0].size = 101,
+                |e| {
+                    matches!(
+                        e,
+                        ManifestError::TooLarge {
+                            what: "file size",
+                            got: 101,
+                            ..
+                        }
+                    )
+                },
+                "file size",
+            ),
+            (
+                |r| r.files[0].size = u64::MAX,
+                |e| {
+                    matches!(
+                        e,
+                        ManifestError::TooLarge {
+                            what: "file size",
+                            ..
+                        }
+                    )
+                },
+                "file size",
+            ),
+            (
+                |r| {
+                    r.files[0].size = 100;
+                    r.files[1].size = 100;
+                },
+                |e| {
+                    matches!(
+                        e,
+                        ManifestError::TooLarge {
+                            what: "total input size",
+                            got: 200,
+                            ..
+                        }
+                    )
+                },
+                "total input size",
+            ),
+            (
+                |r| r.args = vec!["-v".into(); 4],
+                |e| {
+                    matches!(
+                        e,
+                        ManifestError::TooLarge {
+                            what: "argument count",
+                            ..
+                        }
+                    )
+                },
+                "argument count",
+            ),
+            (
+                |r| r.env = vec![("A".into(), "1".into()); 3],
+                |e| {
+                    matches!(
+                        e,
+                        ManifestError::TooLarge {
+                            what: "environment size",
+                            ..
+                        }
+                    )
+                },
+                "environment size",
+            ),
+            // Strings the sandbox's command line cannot carry.
+            (
+                |r| r.args.push("--cfg\0x".into()),
+                |e| matches!(e, ManifestError::BadArg(_)),
+                "--cfg",
+            ),
+            (
+                |r| r.env[0].0 = String::new(),
+                |e| matches!(e, ManifestError::BadEnv(_)),
+                "\"\"",
+            ),
+            (
+                |r| r.env[0].0 = "LD_PRELOAD=/x".into(),
+                |e| matches!(e, ManifestError::BadEnv(_)),
+                "LD_PRELOAD",
+            ),
+            (
+                |r| r.env[0].0 = "A\0B".into(),
+                |e| matches!(e, ManifestError::BadEnv(_)),
+                "A",
+            ),
+            (
+                |r| r.env[0].1 = "x\0y".into(),
+                |e| matches!(e, ManifestError::BadEnv(_)),
+                "CARGO_PKG_NAME",
+            ),
+            (
+                |r| r.cwd = "/elsewhere".into(),
+                |e| matches!(e, ManifestError::CwdMissing(_)),
+                "/elsewhere",
+            ),
+        ];
+        validate(&sound(), &small).expect("the base request is sound");
+        for (i, (edit, kind, named)) in cases.iter().enumerate() {
+            let mut req = sound();
+            edit(&mut req);
+            match validate(&req, &small) {
+                Ok(_) => panic!("case {i} was accepted: {req:?}"),
+                Err(e) => {
+                    assert!(kind(&e), "case {i}: wrong refusal {e:?}");
+                    let message = e.to_string();
+                    assert!(
+                        message.contains(named),
+                        "case {i}: {message:?} names no {named:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Names that look odd but are plain file names are accepted, and every
+    /// path the validator returns stays inside whatever root it is joined to.
+    #[test]
+    fn odd_but_harmless_names_stay_inside_the_root() {
+        let mut req = sound();
+        for path in [
+            "/w/..a",
+            "/w/a..",
+            "/w/.../x",
+            "/w/.hidden",
+            "/w/a b/c",
+            "/w/\u{e9}t\u{e9}",
+            "/procfs/x",
+            "/devices/x",
+            "/w/target/..rmeta",
+        ] {
+            req.files.push(entry(path, 1));
+        }
+        req.output_dirs.push("/w/...".into());
+        req.dirs.push("/".into());
+        let valid = validate(&req, &Limits::default()).unwrap();
+        let root = Path::new("/node/jobs/1");
+        let rels = valid
+            .files
+            .iter()
+            .map(|(_, rel)| rel)
+            .chain(&valid.dirs)
+            .chain(&valid.output_dirs);
+        for rel in rels {
+            assert!(
+                rel.components().all(|c| matches!(c, Component::Normal(_))),
+                "{rel:?}"
+            );
+            assert!(root.join(rel).starts_with(root), "{rel:?}");
+        }
+        assert_eq!(valid.files.len(), 11);
     }
 }

@@ -232,6 +232,64 @@ mod tests {
     }
 
     #[test]
+    fn a_message_over_the_frame_limit_is_never_encoded() {
+        let at_limit = JobEvent::Stdout(vec![0; MAX_FRAME_LEN - 8]);
+        let frame = encode(&at_limit).unwrap();
+        assert!(frame.len() - HEADER_LEN <= MAX_FRAME_LEN);
+        let over = JobEvent::Stdout(vec![0; MAX_FRAME_LEN + 1]);
+        assert!(matches!(
+            encode(&over),
+            Err(CodecError::FrameTooLarge {
+                limit: MAX_FRAME_LEN,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn decoder_limit_is_exact() {
+        let mut d = FrameDecoder::new(8);
+        let mut frame = 8u32.to_be_bytes().to_vec();
+        frame.extend_from_slice(&[1; 8]);
+        d.push(&frame);
+        assert_eq!(d.next_frame().unwrap(), Some(vec![1; 8]));
+        assert_eq!(d.next_frame().unwrap(), None);
+        d.push(&9u32.to_be_bytes());
+        assert_eq!(
+            d.next_frame(),
+            Err(CodecError::FrameTooLarge { len: 9, limit: 8 })
+        );
+    }
+
+    /// A length inside a message may claim far more elements than the
+    /// frame holds; decoding fails on the missing bytes without reserving
+    /// room for the claim.
+    #[test]
+    fn a_length_claim_larger_than_the_body_is_an_error() {
+        // The same layout with an honest length decodes, so the failures
+        // below are the length's doing.
+        assert_eq!(
+            decode::<JobEvent>(&[1, 4, 1, 2, 3, 4]),
+            Ok(JobEvent::Stderr(vec![1, 2, 3, 4]))
+        );
+        // JobEvent::Stderr (variant 1) claiming 15 MiB, followed by 4 bytes.
+        let mut body = vec![1, 0xfc];
+        body.extend_from_slice(&(15u32 << 20).to_le_bytes());
+        body.extend_from_slice(&[1, 2, 3, 4]);
+        assert!(matches!(
+            decode::<JobEvent>(&body),
+            Err(CodecError::Decode(_))
+        ));
+        // More than the frame limit itself.
+        let mut body = vec![1, 0xfd];
+        body.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(matches!(
+            decode::<JobEvent>(&body),
+            Err(CodecError::Decode(_))
+        ));
+    }
+
+    #[test]
     fn chunk_header_enforces_the_chunk_limit() {
         assert_eq!(chunk_header(0).unwrap(), [0, 0, 0, 0]);
         assert!(chunk_header(MAX_CHUNK_LEN).is_ok());

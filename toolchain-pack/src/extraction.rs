@@ -210,17 +210,24 @@ fn scan(
 }
 
 /// Checks a regular file's header against its manifest line before its
-/// content is read, so a size or mode that disagrees is reported by name.
+/// content is read, so a file the manifest does not list, or whose size or
+/// mode disagrees, is reported by name and never written.
 fn check_file_header<R: Read>(
     path: &Path,
     size: u64,
     entry: &tar::Entry<'_, R>,
     listed: Option<&BundleFile>,
 ) -> Result<(), PackError> {
-    // Files the manifest does not list are reported once the whole archive
-    // is read (`check_listing`), together with files it lacks.
+    // A file the manifest does not list is refused before its content is
+    // read: its size is bounded by nothing else, and a few MiB of zstd can
+    // stand for terabytes of zeros written under the unpack directory.
+    // Listed files the archive lacks are reported once the whole archive is
+    // read (`check_listing`).
     let Some(listed) = listed else {
-        return Ok(());
+        return Err(PackError::Malformed(format!(
+            "{} is in the archive but not in the manifest",
+            path.display()
+        )));
     };
     if size != listed.size {
         return Err(PackError::Malformed(format!(
@@ -707,15 +714,19 @@ mod tests {
 
     /// A hostile entry as raw header fields; the tar crate's safe setters
     /// refuse `..` and absolute paths, so the name is written by hand.
-    enum Hostile {
-        File(&'static str),
-        Symlink(&'static str, &'static str),
-        HardLink(&'static str, &'static str),
+    enum Hostile<'a> {
+        File(&'a str),
+        Symlink(&'a str, &'a str),
+        HardLink(&'a str, &'a str),
+        Dir(&'a str),
+        Fifo(&'a str),
+        /// A regular file of this many zero bytes.
+        Zeros(&'a str, usize),
     }
 
     /// Builds a zstd tar with a valid manifest followed by `entries`, and
     /// returns it with its true id, so only the path checks can reject it.
-    fn hostile_bundle(entries: &[Hostile]) -> (Vec<u8>, ToolchainId) {
+    fn hostile_bundle(entries: &[Hostile<'_>]) -> (Vec<u8>, ToolchainId) {
         let manifest = BundleManifest {
             format: BUNDLE_FORMAT,
             rustc_version: "rustc 0.0.0\n".into(),
@@ -738,10 +749,13 @@ mod tests {
         let mut h = header(tar::EntryType::Regular, 2, true);
         tar.append_data(&mut h, "bin/rustc", &b"#!"[..]).unwrap();
         for e in entries {
-            let (kind, name, link, data): (_, &str, Option<&str>, &[u8]) = match e {
-                Hostile::File(name) => (tar::EntryType::Regular, name, None, b"pwned"),
-                Hostile::Symlink(name, to) => (tar::EntryType::Symlink, name, Some(to), b""),
-                Hostile::HardLink(name, to) => (tar::EntryType::Link, name, Some(to), b""),
+            let (kind, name, link, data): (_, &str, Option<&str>, Vec<u8>) = match e {
+                Hostile::File(name) => (tar::EntryType::Regular, name, None, b"pwned".into()),
+                Hostile::Symlink(name, to) => (tar::EntryType::Symlink, name, Some(to), vec![]),
+                Hostile::HardLink(name, to) => (tar::EntryType::Link, name, Some(to), vec![]),
+                Hostile::Dir(name) => (tar::EntryType::Directory, name, None, vec![]),
+                Hostile::Fifo(name) => (tar::EntryType::Fifo, name, None, vec![]),
+                Hostile::Zeros(name, len) => (tar::EntryType::Regular, name, None, vec![0; *len]),
             };
             let mut h = header(kind, data.len() as u64, false);
             let raw = &mut h.as_old_mut().name;
@@ -750,7 +764,7 @@ mod tests {
                 h.as_old_mut().linkname[..to.len()].copy_from_slice(to.as_bytes());
             }
             h.set_cksum();
-            tar.append(&h, data).unwrap();
+            tar.append(&h, &data[..]).unwrap();
         }
         let raw = tar.into_inner().unwrap();
         let id = ToolchainId(Digest(*blake3::hash(&raw).as_bytes()));
@@ -770,7 +784,7 @@ mod tests {
         unpack(&ok[..], &dest, ok_id).unwrap();
         fs::remove_dir_all(&dest).unwrap();
 
-        let cases: Vec<Vec<Hostile>> = vec![
+        let cases: Vec<Vec<Hostile<'_>>> = vec![
             vec![Hostile::File("../escaped")],
             vec![Hostile::File("lib/../../escaped")],
             vec![Hostile::File("/tmp/distcc-rs-pack-abs-escape")],
@@ -798,6 +812,224 @@ mod tests {
         assert_no_leftovers(&nodes, 0);
         assert!(!dir.path().join("escaped").exists());
         assert!(!Path::new("/tmp/distcc-rs-pack-abs-escape").exists());
+    }
+
+    /// Every path under `dir` but `skip`, with each file's content and each
+    /// symlink's target, to show that an unpack changed nothing there.
+    fn snapshot(dir: &Path, skip: &Path) -> Vec<(PathBuf, String)> {
+        let mut all = Vec::new();
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(d) = pending.pop() {
+            for entry in fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path == skip {
+                    continue;
+                }
+                let meta = fs::symlink_metadata(&path).unwrap();
+                let what = if meta.is_dir() {
+                    pending.push(path.clone());
+                    "dir".to_owned()
+                } else if meta.is_symlink() {
+                    format!("-> {}", fs::read_link(&path).unwrap().display())
+                } else {
+                    String::from_utf8_lossy(&fs::read(&path).unwrap()).into_owned()
+                };
+                all.push((path, what));
+            }
+        }
+        all.sort();
+        all
+    }
+
+    type Kind = fn(&PackError) -> bool;
+
+    /// Each hostile entry is refused with an error that names it, and
+    /// nothing beside the destination changes: not the directory the unpack
+    /// works in, not a directory the entries aim at by absolute or relative
+    /// paths, links or hard links.
+    #[test]
+    fn hostile_entries_are_refused_and_nothing_outside_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = dir.path().join("nodes");
+        fs::create_dir(&nodes).unwrap();
+        let dest = nodes.join("tc");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(outside.join("sub")).unwrap();
+        fs::write(outside.join("secret"), b"keep me").unwrap();
+        let before = snapshot(dir.path(), &nodes);
+
+        let abs_dir = outside.to_str().unwrap().to_owned();
+        let abs_new = format!("{abs_dir}/pwned");
+        let abs_secret = format!("{abs_dir}/secret");
+        let unsafe_path: Kind = |e| matches!(e, PackError::UnsafePath(_));
+        let malformed: Kind = |e| matches!(e, PackError::Malformed(_));
+        let cases: Vec<(Vec<Hostile<'_>>, Kind, &str)> = vec![
+            // Paths that leave the destination by themselves.
+            (vec![Hostile::File("../escaped")], unsafe_path, "../escaped"),
+            (
+                vec![Hostile::File("lib/../../escaped")],
+                unsafe_path,
+                "lib/../../escaped",
+            ),
+            (vec![Hostile::File(&abs_new)], unsafe_path, &abs_new),
+            (vec![Hostile::File(&abs_secret)], unsafe_path, &abs_secret),
+            (
+                vec![Hostile::Dir("../outside/sub/new")],
+                unsafe_path,
+                "../outside",
+            ),
+            // Symlinks that point outside, absolutely or by climbing, with
+            // and without an entry written through them.
+            (
+                vec![Hostile::Symlink("lib/evil", &abs_dir)],
+                unsafe_path,
+                "lib/evil",
+            ),
+            (
+                vec![
+                    Hostile::Symlink("lib/evil", &abs_dir),
+                    Hostile::File("lib/evil/pwned"),
+                ],
+                unsafe_path,
+                "lib/evil",
+            ),
+            (
+                vec![Hostile::Symlink("lib/evil", "../../outside")],
+                unsafe_path,
+                "lib/evil",
+            ),
+            (vec![Hostile::Symlink("up", "a/../..")], unsafe_path, "up"),
+            (
+                vec![Hostile::Symlink("lib/empty", "")],
+                malformed,
+                "lib/empty",
+            ),
+            // A harmless symlink, then an entry through it.
+            (
+                vec![
+                    Hostile::Symlink("lib/ok", "sub"),
+                    Hostile::File("lib/ok/through-link"),
+                ],
+                unsafe_path,
+                "lib/ok/through-link",
+            ),
+            (
+                vec![Hostile::Symlink("lib/ok", "sub"), Hostile::Dir("lib/ok/d")],
+                unsafe_path,
+                "lib/ok/d",
+            ),
+            // Hard links to anything but a regular file unpacked earlier.
+            (
+                vec![Hostile::HardLink("lib/hard", &abs_secret)],
+                unsafe_path,
+                "lib/hard",
+            ),
+            (
+                vec![Hostile::HardLink("lib/hard", "../../outside/secret")],
+                unsafe_path,
+                "lib/hard",
+            ),
+            (
+                vec![Hostile::Dir("lib"), Hostile::HardLink("lib/hard", "lib")],
+                unsafe_path,
+                "lib/hard",
+            ),
+            (
+                vec![
+                    Hostile::Symlink("lib/s", "x"),
+                    Hostile::HardLink("lib/hard", "lib/s"),
+                ],
+                unsafe_path,
+                "lib/hard",
+            ),
+            (
+                vec![
+                    Hostile::HardLink("lib/hard", "lib/later"),
+                    Hostile::File("lib/later"),
+                ],
+                unsafe_path,
+                "lib/hard",
+            ),
+            // Entries that would replace or hide one already checked.
+            (vec![Hostile::File("bin/rustc")], unsafe_path, "bin/rustc"),
+            (vec![Hostile::Dir("bin/rustc")], unsafe_path, "bin/rustc"),
+            (
+                vec![Hostile::File("bin/rustc/x")],
+                unsafe_path,
+                "bin/rustc/x",
+            ),
+            // Entry kinds a toolchain never needs.
+            (vec![Hostile::Fifo("lib/fifo")], malformed, "lib/fifo"),
+            // A file the manifest does not list, however large.
+            (
+                vec![Hostile::Zeros("lib/unlisted", 32 << 20)],
+                malformed,
+                "lib/unlisted",
+            ),
+        ];
+        for (i, (entries, kind, named)) in cases.iter().enumerate() {
+            let (bytes, id) = hostile_bundle(entries);
+            let err = unpack(&bytes[..], &dest, id).unwrap_err();
+            assert!(kind(&err), "case {i}: wrong error {err:?}");
+            assert!(
+                err.to_string().contains(named),
+                "case {i}: {err} names no {named}"
+            );
+            assert!(!dest.exists(), "case {i}");
+            assert_no_leftovers(&nodes, 0);
+            assert_eq!(snapshot(dir.path(), &nodes), before, "case {i}");
+        }
+    }
+
+    /// An unlisted file is refused before a byte of it is written: its
+    /// size is limited by nothing else, and zeros compress so well that a
+    /// small bundle could fill the node's disk before the listing is
+    /// checked at the end.
+    #[test]
+    fn an_unlisted_file_is_never_written() {
+        let (bytes, id) = hostile_bundle(&[Hostile::Zeros("lib/unlisted", 8 << 20)]);
+        assert!(bytes.len() < 64 << 10, "zeros compress: {}", bytes.len());
+        let root = tempfile::tempdir().unwrap();
+        let err = scan(&bytes[..], Some(id), Some(root.path())).unwrap_err();
+        assert!(
+            matches!(&err, PackError::Malformed(m) if m.contains("lib/unlisted")),
+            "{err}"
+        );
+        assert!(!root.path().join("lib/unlisted").exists());
+    }
+
+    #[test]
+    fn an_oversized_manifest_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("tc");
+        // Valid JSON padded with whitespace past the limit.
+        let (good, _) = hostile_bundle(&[]);
+        let raw = zstd::decode_all(&good[..]).unwrap();
+        let mut first = tar::Archive::new(&raw[..]);
+        let mut json = Vec::new();
+        first
+            .entries()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .read_to_end(&mut json)
+            .unwrap();
+        json.resize(MAX_MANIFEST_BYTES as usize + 1, b' ');
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = header(tar::EntryType::Regular, json.len() as u64, false);
+        tar.append_data(&mut h, BUNDLE_MANIFEST_PATH, &json[..])
+            .unwrap();
+        let raw = tar.into_inner().unwrap();
+        let id = ToolchainId(Digest(*blake3::hash(&raw).as_bytes()));
+        let bytes = zstd::encode_all(&raw[..], 3).unwrap();
+        let err = unpack(&bytes[..], &dest, id).unwrap_err();
+        assert!(
+            matches!(&err, PackError::Malformed(m) if m.contains("implausibly large")),
+            "{err}"
+        );
+        assert!(!dest.exists());
+        assert_no_leftovers(dir.path(), 0);
     }
 
     #[test]

@@ -53,9 +53,13 @@ pub struct BundleFile {
 }
 
 impl BundleManifest {
-    /// Total uncompressed size of the listed files.
+    /// Total uncompressed size of the listed files. A node reads it from a
+    /// manifest it does not trust yet, to make room before unpacking, so
+    /// sizes that add up past `u64::MAX` saturate rather than panic.
     pub fn total_size(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        self.files
+            .iter()
+            .fold(0u64, |total, f| total.saturating_add(f.size))
     }
 
     /// The first line of `rustc -vV`, e.g. `rustc 1.95.0 (… 2026-…)`.
@@ -297,6 +301,14 @@ mod tests {
             BundleManifest::from_json(&m.to_json()),
             Err(PackError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn sizes_that_overflow_saturate() {
+        let mut m = sample();
+        m.files[0].size = u64::MAX;
+        let parsed = BundleManifest::from_json(&m.to_json()).unwrap();
+        assert_eq!(parsed.total_size(), u64::MAX);
     }
 
     #[test]
