@@ -21,8 +21,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use distcc_rs_net::discovery::{Discovered, Mdns};
-use distcc_rs_proto::discovery::{Advert, Role, dial_order};
 use tracing::{debug, info};
 
 /// How long a wrapper browses before it gives up and compiles locally.
@@ -35,11 +33,6 @@ pub const FOUND_TTL: Duration = Duration::from_secs(60);
 
 /// How long "no scheduler" is trusted without looking again.
 pub const NOT_FOUND_TTL: Duration = Duration::from_secs(10);
-
-/// After a resolution that carried only IPv6 addresses, how long to wait
-/// for one that also carries IPv4 (the same service resolves more than
-/// once, with different subsets of its addresses).
-const IPV4_GRACE: Duration = Duration::from_millis(300);
 
 /// What the cache remembers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,51 +102,9 @@ pub fn browse(farm: &str, timeout: Duration) -> Result<Option<SocketAddr>, Strin
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(find(farm, timeout))
-}
-
-async fn find(farm: &str, timeout: Duration) -> Result<Option<SocketAddr>, String> {
-    // The client's endpoint is bound to the unspecified address, so the
-    // scheduler may be on any interface.
-    let mdns = Mdns::start(std::net::Ipv6Addr::UNSPECIFIED.into()).map_err(|e| e.to_string())?;
-    let mut found = mdns
-        .browse(Role::Scheduler, farm)
-        .map_err(|e| e.to_string())?;
-    let mut deadline = tokio::time::Instant::now() + timeout;
-    let mut best: Option<SocketAddr> = None;
-    // The endpoint that dials the scheduler is bound to the address family
-    // of the address chosen here, so any family will do.
-    let any_family: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
-    loop {
-        let event = match tokio::time::timeout_at(deadline, found.recv()).await {
-            Ok(Some(event)) => event,
-            Ok(None) | Err(_) => break,
-        };
-        let Discovered::Found {
-            advert: Advert::Scheduler(scheduler),
-            addrs,
-            instance,
-        } = event
-        else {
-            continue;
-        };
-        let Some(addr) = dial_order(addrs, any_family).first().copied() else {
-            continue;
-        };
-        debug!(instance, %addr, name = %scheduler.name, "found a scheduler over mDNS");
-        if addr.is_ipv4() {
-            best = Some(addr);
-            break;
-        }
-        if best.is_none() {
-            deadline = deadline.min(tokio::time::Instant::now() + IPV4_GRACE);
-        }
-        best = Some(addr);
-    }
-    // Dropping the daemon stops it; it advertised nothing, so there is
-    // nothing to withdraw and no reason to wait.
-    drop(mdns);
-    Ok(best)
+    runtime
+        .block_on(distcc_rs_net::discovery::find_scheduler(farm, timeout))
+        .map_err(|e| e.to_string())
 }
 
 /// Browses unless another wrapper did while this one waited for the lock,

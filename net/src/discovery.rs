@@ -180,9 +180,9 @@ const IPV4_GRACE: Duration = Duration::from_millis(300);
 
 /// Browses on every interface for the scheduler of `farm` for at most
 /// `timeout` and returns the address to dial it at, preferring IPv4;
-/// `Ok(None)` when none answered. For tools run by hand (`distcc-rs-pack
-/// push`) that have no address configured. Must be called from within a
-/// tokio runtime.
+/// `Ok(None)` when none answered. For the client (which caches the answer)
+/// and tools run by hand (`distcc-rs-pack push`) that have no address
+/// configured. Must be called from within a tokio runtime.
 pub async fn find_scheduler(
     farm: &str,
     timeout: Duration,
@@ -200,9 +200,9 @@ pub async fn find_scheduler(
             Ok(None) | Err(_) => break,
         };
         let Discovered::Found {
-            advert: Advert::Scheduler(_),
+            advert: Advert::Scheduler(scheduler),
             addrs,
-            ..
+            instance,
         } = event
         else {
             continue;
@@ -210,6 +210,7 @@ pub async fn find_scheduler(
         let Some(addr) = discovery::dial_order(addrs, any_family).first().copied() else {
             continue;
         };
+        debug!(instance, %addr, name = %scheduler.name, "found a scheduler over mDNS");
         if addr.is_ipv4() {
             best = Some(addr);
             break;
