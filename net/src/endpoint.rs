@@ -9,8 +9,11 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, ConnectionError, Endpoint, EndpointConfig, TransportConfig, VarInt};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use distcc_rs_proto::PeerRole;
+use distcc_rs_proto::auth::close;
+
+use crate::NetError;
 use crate::tls::{self, Identity, PeerAuth};
-use crate::{NetError, SERVER_NAME};
 
 /// The TLS alert rustls sends when client and server share no ALPN id, as
 /// QUIC carries it: a crypto error is 0x100 plus the alert number.
@@ -136,14 +139,16 @@ pub fn bind_client(
     Ok(endpoint)
 }
 
-/// Connects to a farm peer, giving up after the endpoint's connect timeout.
+/// Connects to a farm peer that must hold a certificate for `role`, giving
+/// up after the endpoint's connect timeout.
 pub async fn connect(
     endpoint: &Endpoint,
     peer: SocketAddr,
+    role: PeerRole,
     opts: &EndpointOptions,
 ) -> Result<Connection, NetError> {
     let connecting = endpoint
-        .connect(peer, SERVER_NAME)
+        .connect(peer, role.dns_name())
         .map_err(|source| NetError::Connect { peer, source })?;
     match tokio::time::timeout(opts.connect_timeout, connecting).await {
         Err(_) => Err(NetError::Timeout {
@@ -155,15 +160,60 @@ pub async fn connect(
     }
 }
 
-/// Turns a handshake failure caused by disjoint ALPN ids into
-/// [`NetError::VersionMismatch`]; other errors pass through. Daemons call it
-/// on failed incoming handshakes too, so both sides name the real problem.
+/// Turns a handshake failure into an error that names its cause: disjoint
+/// ALPN ids are [`NetError::VersionMismatch`], certificate trouble is
+/// [`NetError::NotTrusted`] or [`NetError::RefusedUs`], and a daemon
+/// closing the connection over a request it does not allow is
+/// [`NetError::Refused`]. Other errors pass through. Daemons call it on
+/// failed incoming handshakes too, so both sides name the real problem.
 pub fn explain(e: ConnectionError, peer: SocketAddr, ours: u32) -> NetError {
     if is_version_mismatch(&e) {
-        NetError::VersionMismatch { peer, ours }
-    } else {
-        NetError::Connection(e)
+        return NetError::VersionMismatch { peer, ours };
     }
+    match &e {
+        // We refused the peer's certificate.
+        ConnectionError::TransportError(err) if is_certificate_alert(u64::from(err.code)) => {
+            NetError::NotTrusted {
+                peer,
+                detail: err.reason.clone(),
+            }
+        }
+        // The peer refused ours (or that we had none).
+        ConnectionError::ConnectionClosed(close)
+            if is_certificate_alert(u64::from(close.error_code)) =>
+        {
+            NetError::RefusedUs {
+                peer,
+                alert: u64::from(close.error_code) - CRYPTO_ERROR_BASE,
+            }
+        }
+        ConnectionError::ApplicationClosed(close)
+            if matches!(
+                u32::try_from(u64::from(close.error_code)),
+                Ok(close::NOT_PERMITTED | close::REVOKED)
+            ) =>
+        {
+            NetError::Refused {
+                peer,
+                reason: String::from_utf8_lossy(&close.reason).into_owned(),
+            }
+        }
+        _ => NetError::Connection(e),
+    }
+}
+
+/// QUIC carries a TLS alert as a crypto error: this base plus the alert.
+const CRYPTO_ERROR_BASE: u64 = 0x100;
+
+/// TLS alerts about certificates: bad_certificate (42), unsupported (43),
+/// revoked (44), expired (45), unknown (46), unknown_ca (48), access_denied
+/// (49), decrypt_error (51, a signature that does not verify) and
+/// certificate_required (116).
+fn is_certificate_alert(code: u64) -> bool {
+    matches!(
+        code.checked_sub(CRYPTO_ERROR_BASE),
+        Some(42..=46 | 48 | 49 | 51 | 116)
+    )
 }
 
 fn is_version_mismatch(e: &ConnectionError) -> bool {

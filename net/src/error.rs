@@ -40,10 +40,41 @@ pub enum NetError {
     /// A payload's content does not hash to the digest it was sent under.
     #[error("payload content hashes to {actual:?}, expected {expected:?}")]
     DigestMismatch { expected: Digest, actual: Digest },
+    /// We refused the peer's certificate during the handshake.
+    #[error(
+        "{peer} is not a trusted member of this farm ({detail}); if the farm was re-created or \
+         you joined another farm, enroll again with the current join token"
+    )]
+    NotTrusted { peer: SocketAddr, detail: String },
+    /// The peer refused our certificate, or our lack of one.
+    #[error("{peer} refused our credentials: {}", alert_meaning(*.alert))]
+    RefusedUs { peer: SocketAddr, alert: u64 },
+    /// The peer closed the connection because our request is not allowed.
+    #[error("{peer} refused the request: {reason}")]
+    Refused { peer: SocketAddr, reason: String },
     #[error("TLS setup failed: {0}")]
     Tls(String),
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+}
+
+/// What a certificate alert from a peer means for the user.
+fn alert_meaning(alert: u64) -> &'static str {
+    match alert {
+        44 => {
+            "our certificate has been revoked by the farm's admin; ask them for a join token and \
+             enroll again"
+        }
+        45 => "our certificate has expired; enroll again with the farm's join token",
+        116 => {
+            "it requires a farm certificate and we have none; enroll first with the farm's join \
+             token (`distcc-rs join TOKEN` for a client, --join-token for a node)"
+        }
+        _ => {
+            "our certificate is not from this farm's CA (another farm, or a re-created farm); \
+             enroll again with the current join token"
+        }
+    }
 }
 
 impl From<quinn::ReadExactError> for NetError {

@@ -2,8 +2,13 @@
 //!
 //! # Layout
 //!
-//! * [`tls`]: certificates and rustls configurations. Every connection is
-//!   TLS 1.3 with the protocol version in ALPN.
+//! * [`pki`]: the farm certificate authority, member keys, and reading a
+//!   certificate's role.
+//! * [`tls`]: rustls configurations. Every connection is TLS 1.3 with the
+//!   protocol version in ALPN and mutual authentication with farm
+//!   certificates.
+//! * [`credentials`]: a member's saved certificate, key and CA, and
+//!   enrolling to get them.
 //! * [`endpoint`]: binding tuned UDP sockets and connecting, with errors that
 //!   name a protocol version mismatch instead of a bare handshake failure.
 //! * [`framed`]: sending and receiving `distcc-rs-proto` messages on streams.
@@ -19,10 +24,12 @@
 //! and the client build on it and never touch quinn's streams directly.
 
 pub mod config_file;
+pub mod credentials;
 pub mod discovery;
 pub mod endpoint;
 pub mod framed;
 pub mod payload;
+pub mod pki;
 pub mod tls;
 
 mod error;
@@ -30,12 +37,7 @@ mod error;
 pub use endpoint::{EndpointOptions, bind_client, bind_server, connect};
 pub use error::{NetError, one_line};
 pub use framed::{FrameReader, FrameWriter, accept_stream, open_stream};
-pub use tls::{Identity, PeerAuth};
-
-/// The TLS server name every farm peer presents and expects. Peers are
-/// addressed by IP, so the name only has to agree across the farm; the
-/// authentication issue replaces name checks with farm certificates.
-pub const SERVER_NAME: &str = "distcc-rs";
+pub use tls::{FarmTrust, Identity, PeerAuth, PeerCertificate, Revocations, peer_certificate};
 
 #[cfg(test)]
 mod tests;

@@ -4,18 +4,34 @@
 //! provider chosen explicitly, because two compiled-in providers make rustls
 //! panic at run time. The protocol version travels in ALPN.
 //!
-//! Peer authentication is a [`PeerAuth`] policy handed to both config
-//! builders, so that mutual authentication with farm certificates is a new
-//! variant here rather than a change to every caller.
+//! Peers authenticate each other with certificates of the farm CA (see
+//! [`crate::pki`]). A dialling peer names the role it expects on the other
+//! end ([`crate::connect`]), and TLS name verification checks that the
+//! server's certificate was issued for that role. A daemon verifies the
+//! dialling peer's certificate against the CA and the revocation list, then
+//! reads its role with [`peer_certificate`] and decides what it may do.
+//!
+//! The one exception is enrollment: a peer that has no certificate yet
+//! dials the scheduler with [`PeerAuth::Enroll`], which trusts the server
+//! only if its chain ends in a CA whose digest matches the join token, and
+//! the scheduler accepts certificate-less connections only to serve
+//! enrollment requests on them.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, PoisonError, RwLock};
 
-use rustls::DigitallySignedStruct;
+use distcc_rs_proto::auth::TOKEN_PIN_LEN;
+use distcc_rs_proto::{CertFingerprint, PeerRole};
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
 
 use crate::NetError;
+use crate::pki;
 
 /// A certificate chain and its private key.
 #[derive(Debug)]
@@ -33,30 +49,90 @@ impl Clone for Identity {
     }
 }
 
-impl Identity {
-    /// A fresh self-signed certificate, made at start-up by daemons that have
-    /// no farm certificate.
-    pub fn self_signed(name: &str) -> Result<Self, NetError> {
-        let ck = rcgen::generate_simple_self_signed(vec![name.to_owned()])
-            .map_err(|e| NetError::Tls(e.to_string()))?;
-        Ok(Identity {
-            cert_chain: vec![ck.cert.der().clone()],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der())),
-        })
+/// The fingerprints of revoked certificates, shared between the scheduler's
+/// TLS verifier and the code that reloads the list, so a revocation takes
+/// effect for the next handshake without rebuilding the endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct Revocations(Arc<RwLock<HashSet<CertFingerprint>>>);
+
+impl Revocations {
+    /// Replaces the list.
+    pub fn replace(&self, revoked: HashSet<CertFingerprint>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = revoked;
+    }
+
+    pub fn contains(&self, fingerprint: &CertFingerprint) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(fingerprint)
+    }
+}
+
+/// What a farm member trusts.
+#[derive(Debug, Clone)]
+pub struct FarmTrust {
+    /// The farm CA's certificate: the only trust anchor.
+    pub ca: CertificateDer<'static>,
+    /// Certificates refused even though the CA signed them.
+    pub revoked: Revocations,
+    /// Whether a dialling peer may connect without a certificate. Only the
+    /// scheduler allows this, and serves nothing but enrollment on such
+    /// connections.
+    pub allow_anonymous: bool,
+}
+
+impl FarmTrust {
+    pub fn new(ca: CertificateDer<'static>) -> Self {
+        FarmTrust {
+            ca,
+            revoked: Revocations::default(),
+            allow_anonymous: false,
+        }
     }
 }
 
 /// How peers prove who they are.
 #[derive(Debug, Clone)]
 pub enum PeerAuth {
-    /// Encrypted but unauthenticated: any certificate is accepted (its
-    /// handshake signature is still checked). This is the only mode until
-    /// farm certificates land; ARCHITECTURE.md lists it as a known gap.
-    Unauthenticated,
+    /// A farm member: every peer must present a certificate of the farm CA.
+    Farm(FarmTrust),
+    /// A peer that is enrolling and has no certificate yet: the server must
+    /// present a chain that ends in a CA whose SHA-256 digest starts with
+    /// `pin` (from the join token).
+    Enroll { pin: [u8; TOKEN_PIN_LEN] },
+}
+
+/// Who is on the other end of a connection, as its certificate says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// `None` for a certificate that names no role: allowed nothing.
+    pub role: Option<PeerRole>,
+    pub fingerprint: CertFingerprint,
+}
+
+/// The verified certificate the peer of `conn` presented, or `None` when it
+/// presented none (only possible on the scheduler, for enrollment).
+pub fn peer_certificate(conn: &quinn::Connection) -> Option<PeerCertificate> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    let leaf = chain.first()?;
+    Some(PeerCertificate {
+        role: pki::role_of(leaf),
+        fingerprint: pki::fingerprint(leaf),
+    })
 }
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, NetError> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(ca.clone())
+        .map_err(|e| NetError::Tls(format!("the farm CA certificate is unusable: {e}")))?;
+    Ok(Arc::new(roots))
 }
 
 /// The rustls server configuration for a daemon.
@@ -65,15 +141,29 @@ pub fn server_crypto(
     auth: &PeerAuth,
     alpn: Vec<u8>,
 ) -> Result<rustls::ServerConfig, NetError> {
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| NetError::Tls(e.to_string()))?;
-    let mut tls = match auth {
-        PeerAuth::Unauthenticated => builder
-            .with_no_client_auth()
-            .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())
-            .map_err(|e| NetError::Tls(e.to_string()))?,
+    let PeerAuth::Farm(trust) = auth else {
+        return Err(NetError::Tls(
+            "a daemon cannot accept connections before it is enrolled".into(),
+        ));
     };
+    let prov = provider();
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots(&trust.ca)?, prov.clone());
+    if trust.allow_anonymous {
+        builder = builder.allow_unauthenticated();
+    }
+    let inner = builder
+        .build()
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    let verifier = Arc::new(FarmClientVerifier {
+        inner,
+        revoked: trust.revoked.clone(),
+    });
+    let mut tls = rustls::ServerConfig::builder_with_provider(prov)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())
+        .map_err(|e| NetError::Tls(e.to_string()))?;
     tls.alpn_protocols = vec![alpn];
     // QUIC requires 0 or u32::MAX here.
     tls.max_early_data_size = u32::MAX;
@@ -82,7 +172,7 @@ pub fn server_crypto(
 
 /// The rustls client configuration for a peer that dials out.
 pub fn client_crypto(
-    _identity: Option<&Identity>,
+    identity: Option<&Identity>,
     auth: &PeerAuth,
     alpn: Vec<u8>,
 ) -> Result<rustls::ClientConfig, NetError> {
@@ -90,33 +180,124 @@ pub fn client_crypto(
     let builder = rustls::ClientConfig::builder_with_provider(prov.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Tls(e.to_string()))?;
-    let mut tls = match auth {
-        PeerAuth::Unauthenticated => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyServer { provider: prov }))
-            .with_no_client_auth(),
+    let verifier: Arc<dyn ServerCertVerifier> = match auth {
+        PeerAuth::Farm(trust) => {
+            WebPkiServerVerifier::builder_with_provider(roots(&trust.ca)?, prov.clone())
+                .build()
+                .map_err(|e| NetError::Tls(e.to_string()))?
+        }
+        PeerAuth::Enroll { pin } => Arc::new(PinnedCaVerifier {
+            pin: *pin,
+            provider: prov.clone(),
+        }),
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut tls = match identity {
+        Some(id) => builder
+            .with_client_auth_cert(id.cert_chain.clone(), id.key.clone_key())
+            .map_err(|e| NetError::Tls(e.to_string()))?,
+        None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![alpn];
     Ok(tls)
 }
 
-/// Accepts any server certificate but still verifies the handshake
-/// signature, so the session keys belong to whoever holds the presented key.
+/// The WebPKI client verifier, plus the farm's revocation list.
 #[derive(Debug)]
-struct AcceptAnyServer {
+struct FarmClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Revocations,
+}
+
+impl ClientCertVerifier for FarmClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let fingerprint = pki::fingerprint(end_entity);
+        if self.revoked.contains(&fingerprint) {
+            tracing::warn!(
+                certificate = %fingerprint.short(),
+                "refused a revoked certificate"
+            );
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Trusts a server whose chain ends in the CA the join token pins: the
+/// scheduler sends its CA certificate after its own, the pin selects it, and
+/// ordinary WebPKI verification with that CA as the only root does the rest
+/// (signature, validity, the scheduler role name).
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    pin: [u8; TOKEN_PIN_LEN],
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for AcceptAnyServer {
+impl ServerCertVerifier for PinnedCaVerifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let ca = intermediates
+            .iter()
+            .find(|cert| pki::pin_of(cert) == self.pin)
+            .ok_or(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            ))?;
+        let ca = CertificateDer::from(ca.to_vec());
+        let inner = WebPkiServerVerifier::builder_with_provider(
+            roots(&ca).map_err(|e| rustls::Error::General(e.to_string()))?,
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(

@@ -146,6 +146,7 @@ mod tests {
                 job: JobId(3),
                 node: NodeId(4),
                 toolchain: tc,
+                client: crate::CertFingerprint([5; 32]),
                 mac: [9; 32],
             },
             crate_name: "serde".into(),

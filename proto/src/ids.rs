@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::auth::CertFingerprint;
+
 /// Serde for an id: on the wire (bincode, not human-readable) the raw value,
 /// exactly as `#[derive]` would write it; in JSON and other human-readable
 /// formats (`status --json`, event logs, cache indexes) its textual form,
@@ -192,17 +194,27 @@ pub struct Ticket {
     pub job: JobId,
     pub node: NodeId,
     pub toolchain: ToolchainId,
+    /// The certificate of the client the ticket was issued to: a node
+    /// accepts the ticket only on a connection authenticated with it, so a
+    /// ticket seen by anyone else is worthless.
+    pub client: CertFingerprint,
     pub mac: [u8; 32],
 }
 
 impl Ticket {
     /// The bytes the MAC covers: everything in the ticket except the MAC.
-    pub fn signed_bytes(job: JobId, node: NodeId, toolchain: ToolchainId) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + 8 + 32 + 16);
+    pub fn signed_bytes(
+        job: JobId,
+        node: NodeId,
+        toolchain: ToolchainId,
+        client: CertFingerprint,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 8 + 32 + 32 + 16);
         out.extend_from_slice(b"distcc-rs ticket");
         out.extend_from_slice(&job.0.to_le_bytes());
         out.extend_from_slice(&node.0.to_le_bytes());
         out.extend_from_slice(&toolchain.0.0);
+        out.extend_from_slice(&client.0);
         out
     }
 }
@@ -288,12 +300,17 @@ mod tests {
     #[test]
     fn signed_bytes_cover_every_field() {
         let t = ToolchainId(Digest([1; 32]));
-        let base = Ticket::signed_bytes(JobId(1), NodeId(2), t);
-        assert_ne!(base, Ticket::signed_bytes(JobId(9), NodeId(2), t));
-        assert_ne!(base, Ticket::signed_bytes(JobId(1), NodeId(9), t));
+        let c = CertFingerprint([3; 32]);
+        let base = Ticket::signed_bytes(JobId(1), NodeId(2), t, c);
+        assert_ne!(base, Ticket::signed_bytes(JobId(9), NodeId(2), t, c));
+        assert_ne!(base, Ticket::signed_bytes(JobId(1), NodeId(9), t, c));
         assert_ne!(
             base,
-            Ticket::signed_bytes(JobId(1), NodeId(2), ToolchainId(Digest([2; 32])))
+            Ticket::signed_bytes(JobId(1), NodeId(2), ToolchainId(Digest([2; 32])), c)
+        );
+        assert_ne!(
+            base,
+            Ticket::signed_bytes(JobId(1), NodeId(2), t, CertFingerprint([4; 32]))
         );
     }
 }

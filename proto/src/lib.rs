@@ -16,12 +16,14 @@
 //! Architecture invariant: this crate does no IO. It has no tokio, no quinn and
 //! no filesystem access, so it can be fuzzed and tested with plain byte slices.
 
+pub mod auth;
 pub mod codec;
 pub mod discovery;
 pub mod ids;
 pub mod message;
 pub mod version;
 
+pub use auth::{CertFingerprint, JoinToken, PeerRole};
 pub use codec::{CodecError, MAX_CHUNK_LEN, MAX_FRAME_LEN};
 pub use ids::{Digest, JobId, NodeId, Ticket, ToolchainId};
 pub use version::{PROTOCOL_VERSION, alpn};

@@ -64,6 +64,10 @@ pub enum SchedulerRequest {
     /// kept and the answer says so; with it, the bundle goes anyway, and
     /// those jobs fail over to other nodes or to local compiles.
     RemoveToolchain { id: ToolchainId, force: bool },
+    /// A peer without a farm certificate asks for one. The only request the
+    /// scheduler serves on a connection without a client certificate.
+    /// Answered with [`crate::auth::EnrollResponse`].
+    Enroll(crate::auth::EnrollRequest),
 }
 
 /// What a node tells the scheduler about itself when it joins.

@@ -6,7 +6,7 @@
 
 /// The version of the wire protocol this build speaks. Bump it on any
 /// incompatible change to [`crate::message`] or [`crate::codec`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The prefix shared by every distcc-rs ALPN string.
 pub const ALPN_PREFIX: &str = "distcc-rs/";
