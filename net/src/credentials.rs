@@ -64,7 +64,9 @@ pub enum CredentialsError {
         scheduler: SocketAddr,
         refusal: EnrollRefusal,
     },
-    #[error("the scheduler at {scheduler} answered the enrollment with a bad certificate: {detail}")]
+    #[error(
+        "the scheduler at {scheduler} answered the enrollment with a bad certificate: {detail}"
+    )]
     BadAnswer {
         scheduler: SocketAddr,
         detail: String,
@@ -212,9 +214,7 @@ pub async fn enroll(
     let endpoint = bind_client(
         scheduler,
         None,
-        &PeerAuth::Enroll {
-            pin: token.ca_pin,
-        },
+        &PeerAuth::Enroll { pin: token.ca_pin },
         &opts,
     )
     .map_err(unreachable)?;
@@ -286,8 +286,8 @@ impl Enrollment<'_> {
         let Some(saved) = Credentials::load(self.dir)? else {
             return Ok(None);
         };
-        let fits = saved.role() == Some(self.role)
-            && self.token.is_none_or(|token| saved.matches(token));
+        let fits =
+            saved.role() == Some(self.role) && self.token.is_none_or(|token| saved.matches(token));
         Ok(fits.then_some(saved))
     }
 
@@ -344,13 +344,13 @@ async fn lock(dir: &Path) -> Result<nix::fcntl::Flock<File>, CredentialsError> {
             source,
         })?;
     tokio::task::spawn_blocking(move || {
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(
-            |(_, errno)| CredentialsError::Io {
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
+            CredentialsError::Io {
                 action: "lock",
                 path,
                 source: errno.into(),
-            },
-        )
+            }
+        })
     })
     .await
     .map_err(|e| CredentialsError::Io {

@@ -380,6 +380,11 @@ mod tests {
     fn pem_round_trips() {
         let der = vec![7u8; 200];
         let pem = pem_encode("CERTIFICATE", &der);
-        assert_eq!(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().as_ref(), &der[..]);
+        assert_eq!(
+            CertificateDer::from_pem_slice(pem.as_bytes())
+                .unwrap()
+                .as_ref(),
+            &der[..]
+        );
     }
 }

@@ -119,7 +119,9 @@ async fn version_mismatch_is_named_on_both_sides() {
         ..EndpointOptions::default()
     };
     let cl = client(addr, &cl_opts);
-    let err = connect(&cl, addr, PeerRole::Node, &cl_opts).await.unwrap_err();
+    let err = connect(&cl, addr, PeerRole::Node, &cl_opts)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, NetError::VersionMismatch { ours: 999, .. }),
         "client saw: {err}"
@@ -228,7 +230,10 @@ mod authentication {
         conn.close(0u32.into(), b"");
         let theirs = server.await.unwrap().unwrap().unwrap();
         assert_eq!(theirs.role, Some(PeerRole::Client));
-        assert_eq!(theirs.fingerprint, crate::pki::fingerprint(&id.cert_chain[0]));
+        assert_eq!(
+            theirs.fingerprint,
+            crate::pki::fingerprint(&id.cert_chain[0])
+        );
     }
 
     #[tokio::test]
@@ -245,7 +250,10 @@ mod authentication {
         assert!(text.contains("requires a farm certificate"), "{text}");
         let theirs = server.await.unwrap().unwrap_err();
         assert!(matches!(theirs, NetError::NotTrusted { .. }), "{theirs}");
-        assert!(theirs.to_string().contains("not a trusted member"), "{theirs}");
+        assert!(
+            theirs.to_string().contains("not a trusted member"),
+            "{theirs}"
+        );
     }
 
     #[tokio::test]
@@ -256,7 +264,9 @@ mod authentication {
         // Our certificate is foreign to the server...
         let (id, _) = other.member(PeerRole::Client);
         let (_, auth) = farm.member(PeerRole::Client);
-        let err = dial(addr, Some(&id), &auth, PeerRole::Node).await.unwrap_err();
+        let err = dial(addr, Some(&id), &auth, PeerRole::Node)
+            .await
+            .unwrap_err();
         assert!(matches!(err, NetError::RefusedUs { .. }), "{err}");
         assert!(err.to_string().contains("not from this farm's CA"), "{err}");
         assert!(matches!(
@@ -266,7 +276,9 @@ mod authentication {
         // ...and the server's is foreign to a member of the other farm.
         let (addr, _server) = daemon(&farm, PeerRole::Node, Revocations::default(), false);
         let (id, auth) = other.member(PeerRole::Client);
-        let err = dial(addr, Some(&id), &auth, PeerRole::Node).await.unwrap_err();
+        let err = dial(addr, Some(&id), &auth, PeerRole::Node)
+            .await
+            .unwrap_err();
         assert!(matches!(err, NetError::NotTrusted { .. }), "{err}");
     }
 
@@ -280,7 +292,10 @@ mod authentication {
         let err = dial(addr, Some(&id), &auth, PeerRole::Scheduler)
             .await
             .unwrap_err();
-        assert!(matches!(err, NetError::RefusedUs { alert: 44, .. }), "{err}");
+        assert!(
+            matches!(err, NetError::RefusedUs { alert: 44, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("revoked"), "{err}");
         let theirs = server.await.unwrap().unwrap_err();
         assert!(theirs.to_string().contains("Revoked"), "{theirs}");
@@ -292,7 +307,9 @@ mod authentication {
         // A client certificate behind a daemon's address is not a node.
         let (addr, _server) = daemon(&farm, PeerRole::Client, Revocations::default(), false);
         let (id, auth) = farm.member(PeerRole::Client);
-        let err = dial(addr, Some(&id), &auth, PeerRole::Node).await.unwrap_err();
+        let err = dial(addr, Some(&id), &auth, PeerRole::Node)
+            .await
+            .unwrap_err();
         assert!(matches!(err, NetError::NotTrusted { .. }), "{err}");
     }
 
@@ -300,10 +317,10 @@ mod authentication {
     async fn enrolling_peers_trust_only_the_pinned_ca() {
         let farm = TestFarm::new();
         let (addr, server) = daemon(&farm, PeerRole::Scheduler, Revocations::default(), true);
-        let pinned = PeerAuth::Enroll {
-            pin: farm.ca.pin(),
-        };
-        let conn = dial(addr, None, &pinned, PeerRole::Scheduler).await.unwrap();
+        let pinned = PeerAuth::Enroll { pin: farm.ca.pin() };
+        let conn = dial(addr, None, &pinned, PeerRole::Scheduler)
+            .await
+            .unwrap();
         conn.close(0u32.into(), b"");
         // The scheduler sees a connection without a certificate.
         assert_eq!(server.await.unwrap().unwrap(), None);

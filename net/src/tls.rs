@@ -151,9 +151,7 @@ pub fn server_crypto(
     if trust.allow_anonymous {
         builder = builder.allow_unauthenticated();
     }
-    let inner = builder
-        .build()
-        .map_err(|e| NetError::Tls(e.to_string()))?;
+    let inner = builder.build().map_err(|e| NetError::Tls(e.to_string()))?;
     let verifier = Arc::new(FarmClientVerifier {
         inner,
         revoked: trust.revoked.clone(),

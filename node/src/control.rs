@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use distcc_rs_net::{FrameReader, FrameWriter, NetError, open_stream};
+use distcc_rs_proto::PeerRole;
 use distcc_rs_proto::message::{
     AdoptRefusal, AdoptReply, AdoptRequest, NodeEvent, NodeLoad, NodeRegistration,
     RegisterResponse, SchedulerRequest,
@@ -129,7 +130,14 @@ async fn dial(
     session: &mut Session,
     scheduler: SocketAddr,
 ) -> Result<Ended, NetError> {
-    let conn = distcc_rs_net::connect(&shared.endpoint, scheduler, &shared.opts).await?;
+    // TLS checks that the certificate on the other end is the scheduler's.
+    let conn = distcc_rs_net::connect(
+        &shared.endpoint,
+        scheduler,
+        PeerRole::Scheduler,
+        &shared.opts,
+    )
+    .await?;
     let (mut w, r) = open_stream(&conn).await?;
     w.send(&SchedulerRequest::RegisterNode(registration(shared)?))
         .await?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use distcc_rs_net::payload;
-use distcc_rs_net::{FrameReader, FrameWriter, NetError};
+use distcc_rs_net::{FrameReader, FrameWriter, NetError, PeerCertificate};
 use distcc_rs_proto::message::{
     BlobHeader, JobAccept, JobError, JobEvent, JobOutcome, JobRequest, NodeEvent, OutputHeader,
 };
@@ -51,7 +51,7 @@ pub fn check_ticket(
     }
     let mac = blake3::keyed_hash(
         key,
-        &Ticket::signed_bytes(ticket.job, ticket.node, ticket.toolchain),
+        &Ticket::signed_bytes(ticket.job, ticket.node, ticket.toolchain, ticket.client),
     );
     // blake3::Hash compares in constant time.
     if mac != blake3::Hash::from_bytes(ticket.mac) {
@@ -62,17 +62,32 @@ pub fn check_ticket(
     Ok(())
 }
 
-/// Serves one job stream from start to end. Errors on the stream itself
-/// (the client went away) are logged; the slot is always released and the
-/// scheduler always told.
+/// Serves one job stream from start to end, sent by the peer holding
+/// `peer`. Errors on the stream itself (the client went away) are logged;
+/// the slot is always released and the scheduler always told.
 pub async fn serve(
     shared: Arc<Shared>,
     conn: quinn::Connection,
+    peer: Option<PeerCertificate>,
     mut w: FrameWriter,
     mut r: FrameReader,
     req: JobRequest,
 ) {
     let job = req.ticket.job;
+    // Before the ticket is claimed: a ticket presented by anyone but its
+    // client must not use up the job id its client will present.
+    if let Err(why) = crate::access::authorize_job(peer, &req.ticket) {
+        warn!(
+            job_id = %job,
+            peer = %conn.remote_address(),
+            role = %crate::access::role_name(peer),
+            certificate = %crate::access::fingerprint_short(peer),
+            "refusing job: {why}"
+        );
+        let _ = w.send(&JobAccept::Rejected(JobError::BadTicket(why))).await;
+        let _ = w.finish();
+        return;
+    }
     let key = *shared.ticket_key.lock().unwrap_or_else(|e| e.into_inner());
     let refusal = check_ticket(&req.ticket, key.as_ref(), shared.node_id)
         .and_then(|()| shared.claim_job(job));
@@ -732,7 +747,7 @@ impl std::io::Read for Tee {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use distcc_rs_proto::{JobId, NodeId, ToolchainId};
+    use distcc_rs_proto::{CertFingerprint, JobId, NodeId, ToolchainId};
 
     #[test]
     fn an_output_is_kept_under_the_digest_of_what_was_read() {
@@ -812,6 +827,7 @@ mod tests {
                 job: JobId(1),
                 node: NodeId(1),
                 toolchain: ToolchainId(Digest([0; 32])),
+                client: CertFingerprint([0; 32]),
                 mac: [0; 32],
             },
             crate_name: "c".into(),
@@ -974,11 +990,13 @@ mod tests {
     fn tickets_verify_only_with_the_right_key_and_node() {
         let key = [5u8; 32];
         let tc = ToolchainId(Digest([1; 32]));
-        let mac = blake3::keyed_hash(&key, &Ticket::signed_bytes(JobId(9), NodeId(2), tc));
+        let client = CertFingerprint([4; 32]);
+        let mac = blake3::keyed_hash(&key, &Ticket::signed_bytes(JobId(9), NodeId(2), tc, client));
         let ticket = Ticket {
             job: JobId(9),
             node: NodeId(2),
             toolchain: tc,
+            client,
             mac: *mac.as_bytes(),
         };
         assert!(check_ticket(&ticket, Some(&key), NodeId(2)).is_ok());
@@ -990,5 +1008,12 @@ mod tests {
             ..ticket
         };
         assert!(check_ticket(&forged, Some(&key), NodeId(2)).is_err());
+        // The MAC covers the client: a ticket rewritten to name another
+        // client's certificate does not verify.
+        let rebound = Ticket {
+            client: CertFingerprint([5; 32]),
+            ..ticket
+        };
+        assert!(check_ticket(&rebound, Some(&key), NodeId(2)).is_err());
     }
 }

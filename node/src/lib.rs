@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //!
+//! * [`access`]: who may ask the node for what, by the role in the peer's
+//!   certificate (pure).
 //! * [`manifest`]: validation of job requests (pure).
 //! * [`sandbox`]: the sandbox plan and its bubblewrap command line (pure).
 //! * [`limits`]: per-job limits as cgroup files or rlimits (pure), and the
@@ -23,6 +25,7 @@
 //! * [`control`]: the registration stream to the scheduler.
 //! * [`server`]: the daemon's shared state and its accept loop.
 
+pub mod access;
 pub mod control;
 pub mod diagnostics;
 pub mod fetch;

@@ -7,13 +7,23 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use distcc_rs_net::config_file::{Computed, ConfigError, Layered, parse_layered};
+use distcc_rs_net::credentials::{Credentials, CredentialsError, Enrollment};
 use distcc_rs_node::limits::Limits;
 use distcc_rs_node::{Node, NodeConfig, launcher};
 use distcc_rs_proto::discovery::{DEFAULT_FARM, FarmNameError, validate_farm_name};
+use distcc_rs_proto::{JoinToken, PeerRole};
 
 /// The configuration file read when neither --config nor DISTCC_RS_CONFIG
 /// names one, if it exists.
 const DEFAULT_CONFIG: &str = "/etc/distcc-rs/node.toml";
+
+/// The directory under the work directory that holds the node's farm
+/// certificate, its key and the farm CA.
+const IDENTITY_DIR: &str = "identity";
+
+/// How long a node that must enroll and has no --scheduler looks for its
+/// farm's scheduler over mDNS.
+const ENROLL_BROWSE: Duration = Duration::from_secs(5);
 
 /// Runs rustc jobs for a distcc-rs farm.
 ///
@@ -25,6 +35,12 @@ const DEFAULT_CONFIG: &str = "/etc/distcc-rs/node.toml";
 /// of bounded size), and streams the results back. Once registered
 /// it prints `distcc-rs-node NAME listening on ADDR, registered with ADDR`
 /// on stdout.
+///
+/// Every connection is authenticated with certificates of the farm's CA.
+/// On its first start the node enrolls with the join token (--join-token,
+/// from `distcc-rs-scheduler token`) and keeps its certificate in
+/// <WORK_DIR>/identity; only the scheduler may adopt it and only clients
+/// holding a ticket issued to their own certificate may send it jobs.
 ///
 /// Every setting below can also be given in a TOML configuration file
 /// (/etc/distcc-rs/node.toml, or the file --config names), under the flag's
@@ -72,7 +88,24 @@ struct Args {
     /// scheduler sees it connect from.
     #[arg(long, value_name = "ADDR")]
     advertise: Option<SocketAddr>,
-    /// Holds the input cache, toolchains and job directories.
+    /// The farm's join token, from `distcc-rs-scheduler token`; needed once,
+    /// to enroll. A node without a certificate sends the token to the
+    /// scheduler (the one --scheduler names, or the one of its farm found
+    /// over mDNS) and gets a farm certificate, which it keeps in
+    /// <WORK_DIR>/identity and uses from then on; the token is not needed
+    /// again unless the farm is re-created. A token of another farm than
+    /// the saved certificate's enrolls the node afresh.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "DISTCC_RS_JOIN_TOKEN",
+        value_parser = str::parse::<JoinToken>,
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    join_token: Option<JoinToken>,
+    /// Holds the input cache, toolchains, job directories and the node's
+    /// farm certificate (in <WORK_DIR>/identity).
     #[arg(
         long,
         value_name = "DIR",
@@ -80,7 +113,9 @@ struct Args {
         default_value = "/var/lib/distcc-rs/node"
     )]
     work_dir: PathBuf,
-    /// A name for status displays [default: the host name].
+    /// A name for status displays, and the name of the node's farm
+    /// certificate when it enrolls (`distcc-rs-scheduler certs` lists it)
+    /// [default: the host name].
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
     /// Jobs to run at once [default: the number of CPUs].
@@ -323,6 +358,19 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let slots = args.slots.unwrap_or_else(default_slots);
     let name = args.name.unwrap_or_else(host_name);
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let credentials = rt.block_on(credentials(
+        &args.work_dir,
+        &name,
+        args.join_token.as_ref(),
+        args.scheduler,
+        args.mdns.then_some(args.netname.as_str()),
+    ))?;
+    tracing::info!(
+        certificate = %credentials.fingerprint().short(),
+        dir = %args.work_dir.join(IDENTITY_DIR).display(),
+        "using this node's farm certificate"
+    );
     let config = NodeConfig {
         name: name.clone(),
         listen: args.listen,
@@ -348,8 +396,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         launcher: std::env::current_exe()
             .context("cannot find the node's own binary, which starts every job")?,
         insecure_no_sandbox: args.insecure_no_sandbox,
+        credentials,
     };
-    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let node = Node::bind(config).context("cannot start the node")?;
         let addr = node.local_addr()?;
@@ -362,6 +410,73 @@ fn run(args: Args) -> anyhow::Result<()> {
         serve.await.context("node task failed")?;
         anyhow::Ok(())
     })
+}
+
+/// The node's farm credentials: those saved in the work directory, or new
+/// ones from enrolling with `token` at the scheduler `scheduler`, or at the
+/// one of farm `mdns_farm` found over mDNS (`None` when mDNS is off).
+async fn credentials(
+    work_dir: &Path,
+    name: &str,
+    token: Option<&JoinToken>,
+    scheduler: Option<SocketAddr>,
+    mdns_farm: Option<&str>,
+) -> anyhow::Result<Credentials> {
+    // The work directory keeps its usual mode (the job user must reach
+    // the job roots inside it); only the identity directory is private.
+    std::fs::create_dir_all(work_dir)
+        .with_context(|| format!("cannot create the work directory {}", work_dir.display()))?;
+    let dir = work_dir.join(IDENTITY_DIR);
+    let enrollment = Enrollment {
+        dir: &dir,
+        role: PeerRole::Node,
+        name,
+        token,
+    };
+    if let Some(saved) = enrollment.saved()? {
+        return Ok(saved);
+    }
+    if token.is_some() {
+        distcc_rs_proto::auth::validate_member_name(name).map_err(|why| {
+            anyhow::anyhow!(
+                "cannot enroll as {name:?}: the node's name (--name, or the host name) names                  its certificate, and {why}"
+            )
+        })?;
+    }
+    let scheduler = match (token, scheduler, mdns_farm) {
+        // Not enrolled and nothing to enroll with: the error says what to do.
+        (None, _, _) => None,
+        (Some(_), Some(addr), _) => Some(addr),
+        (Some(_), None, None) => anyhow::bail!(
+            "cannot enroll in the farm: no --scheduler is given and mDNS is off (--no-mdns), so \
+             there is no scheduler to send the join token to; give the scheduler's address \
+             with --scheduler for this first start"
+        ),
+        (Some(_), None, Some(farm)) => {
+            tracing::info!(
+                farm,
+                "not enrolled yet; looking for the scheduler of farm {farm:?} over mDNS to enroll"
+            );
+            let found = distcc_rs_net::discovery::find_scheduler(farm, ENROLL_BROWSE)
+                .await
+                .context("cannot look for the scheduler over mDNS to enroll")?;
+            Some(found.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "cannot enroll in the farm: no scheduler of farm {farm:?} answered over mDNS \
+                     within {} s; start it, or give its address with --scheduler",
+                    ENROLL_BROWSE.as_secs()
+                )
+            })?)
+        }
+    };
+    match enrollment.load_or_enroll(|| async move { scheduler }).await {
+        Ok(credentials) => Ok(credentials),
+        Err(e @ CredentialsError::NotEnrolled { .. }) => Err(anyhow::anyhow!(
+            "{e}; a node takes the token as --join-token TOKEN, DISTCC_RS_JOIN_TOKEN or \
+             `join_token` in its configuration file"
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn shutdown_signal() {
@@ -568,6 +683,135 @@ mod tests {
         // DISTCC_RS_CONFIG names the file when no flag does.
         let named = parse(&[], &[("DISTCC_RS_CONFIG", &path)]).unwrap();
         assert_eq!(named.netname, "file");
+    }
+
+    /// A well-formed join token, and its text.
+    fn token(secret: u8) -> (JoinToken, String) {
+        let text = format!(
+            "drs1-{}-{}",
+            "ab".repeat(16),
+            format!("{secret:02x}").repeat(16)
+        );
+        (text.parse().unwrap(), text)
+    }
+
+    #[test]
+    fn the_join_token_comes_from_the_file_the_environment_or_the_flag() {
+        assert_eq!(parse(&[], &[]).unwrap().join_token, None);
+        let (from_file, file_text) = token(1);
+        let (from_env, env_text) = token(2);
+        let (from_flag, flag_text) = token(3);
+        let (_dir, path) = config_file(&format!("join_token = \"{file_text}\"\n"));
+        let args = parse(&["--config", &path], &[]).unwrap();
+        assert_eq!(args.join_token, Some(from_file));
+        let vars = [("DISTCC_RS_JOIN_TOKEN", env_text.as_str())];
+        let args = parse(&["--config", &path], &vars).unwrap();
+        assert_eq!(args.join_token, Some(from_env));
+        let args = parse(&["--config", &path, "--join-token", &flag_text], &vars).unwrap();
+        assert_eq!(args.join_token, Some(from_flag));
+    }
+
+    #[test]
+    fn a_malformed_join_token_stops_the_node_and_says_why() {
+        let err = parse(&["--join-token", "drs1-abc"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not a join token") && err.contains("distcc-rs-scheduler token"),
+            "{err}"
+        );
+        let err = parse(&[], &[("DISTCC_RS_JOIN_TOKEN", "secret")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("DISTCC_RS_JOIN_TOKEN") && err.contains("not a join token"),
+            "{err}"
+        );
+        let (_dir, path) = config_file("join_token = \"drs2-00-00\"\n");
+        let err = parse(&["--config", &path], &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("`join_token") && err.contains("does not start with drs1-"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_help_explains_the_token_without_showing_it() {
+        let (_, text) = token(4);
+        let vars = [("DISTCC_RS_JOIN_TOKEN", text.as_str())];
+        let err = parse(&["--help"], &vars).unwrap_err();
+        let help = match err {
+            ConfigError::CommandLine(e) => e.to_string(),
+            other => panic!("not the help: {other}"),
+        };
+        assert!(
+            help.contains("from `distcc-rs-scheduler token`; needed once, to enroll"),
+            "{help}"
+        );
+        assert!(!help.contains(&text[20..]), "{help}");
+    }
+
+    #[tokio::test]
+    async fn without_credentials_or_a_token_the_node_says_how_to_enroll() {
+        let work = tempfile::tempdir().unwrap();
+        let err = credentials(work.path(), "n1", None, None, Some("default"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not enrolled in the farm") && err.contains("--join-token"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn enrolling_without_mdns_needs_the_scheduler_address() {
+        let work = tempfile::tempdir().unwrap();
+        let (token, _) = token(5);
+        let err = credentials(work.path(), "n1", Some(&token), None, None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--no-mdns") && err.contains("--scheduler"),
+            "{err}"
+        );
+        // A name the certificate cannot carry is refused before any
+        // scheduler is asked.
+        let err = credentials(work.path(), "a b", Some(&token), None, None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot enroll as \"a b\""), "{err}");
+    }
+
+    #[tokio::test]
+    async fn saved_credentials_are_used_without_asking_anyone() {
+        let work = tempfile::tempdir().unwrap();
+        let farm = distcc_rs_net::pki::TestFarm::new();
+        let (identity, _) = farm.member(PeerRole::Node);
+        let saved = Credentials {
+            ca: farm.ca.cert_der().clone(),
+            identity,
+        };
+        saved.save(&work.path().join(IDENTITY_DIR)).unwrap();
+        let loaded = credentials(work.path(), "n1", None, None, None)
+            .await
+            .unwrap();
+        assert_eq!(loaded.fingerprint(), saved.fingerprint());
+        // A client's certificate in the node's directory does not count.
+        let (identity, _) = farm.member(PeerRole::Client);
+        Credentials {
+            ca: farm.ca.cert_der().clone(),
+            identity,
+        }
+        .save(&work.path().join(IDENTITY_DIR))
+        .unwrap();
+        assert!(
+            credentials(work.path(), "n1", None, None, None)
+                .await
+                .is_err()
+        );
     }
 
     #[test]

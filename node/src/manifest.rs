@@ -209,7 +209,7 @@ pub fn validate<'a>(req: &'a JobRequest, limits: &Limits) -> Result<ValidJob<'a>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use distcc_rs_proto::{Digest, JobId, NodeId, Ticket, ToolchainId};
+    use distcc_rs_proto::{CertFingerprint, Digest, JobId, NodeId, Ticket, ToolchainId};
 
     fn entry(path: &str, size: u64) -> FileEntry {
         FileEntry {
@@ -226,6 +226,7 @@ mod tests {
                 job: JobId(1),
                 node: NodeId(1),
                 toolchain: ToolchainId(Digest([0; 32])),
+                client: CertFingerprint([0; 32]),
                 mac: [0; 32],
             },
             crate_name: "c".into(),

@@ -8,13 +8,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use distcc_rs_net::credentials::Credentials;
 use distcc_rs_net::discovery::Mdns;
 use distcc_rs_net::{
-    EndpointOptions, FrameReader, FrameWriter, Identity, PeerAuth, accept_stream, endpoint,
+    EndpointOptions, FrameReader, FrameWriter, PeerCertificate, accept_stream, endpoint,
+    peer_certificate,
 };
 use distcc_rs_proto::discovery::{Advert, NodeAdvert};
 use distcc_rs_proto::message::{NodeEvent, NodeRequest};
 use distcc_rs_proto::{JobId, NodeId, ToolchainId};
+use quinn::VarInt;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
@@ -23,7 +26,7 @@ use crate::limits::{self, OwnCgroups};
 use crate::load::LoadSampler;
 use crate::store::BlobStore;
 use crate::toolchains::{ToolchainError, ToolchainLease, Toolchains, Usage};
-use crate::{NodeError, control, fetch, job, prefetch};
+use crate::{NodeError, access, control, fetch, job, prefetch};
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -72,6 +75,10 @@ pub struct NodeConfig {
     /// Run jobs without the job user, the limits and the start-up check
     /// (`--insecure-no-sandbox`).
     pub insecure_no_sandbox: bool,
+    /// The node's farm certificate, its key and the farm CA: the node
+    /// accepts only peers with certificates of that CA, and dials its
+    /// scheduler with this certificate.
+    pub credentials: Credentials,
 }
 
 /// State every task of the node shares.
@@ -249,11 +256,12 @@ impl Node {
         fs::create_dir_all(&jobs_dir).map_err(|e| NodeError::io(&jobs_dir, e))?;
         let isolation = isolate(&config, &jobs_dir, node_id)?;
         let opts = EndpointOptions::default();
-        let identity = Identity::self_signed("distcc-rs-node")?;
+        // Client certificates are mandatory: a peer without one of this
+        // farm cannot complete a handshake with the node.
         let endpoint = distcc_rs_net::bind_server(
             config.listen,
-            &identity,
-            &PeerAuth::Unauthenticated,
+            &config.credentials.identity,
+            &config.credentials.auth(),
             &opts,
         )?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -344,8 +352,11 @@ impl Node {
                             return;
                         }
                     };
+                    // Verified in the handshake; what the peer may ask for
+                    // depends on the role it names.
+                    let certificate = peer_certificate(&conn);
                     while let Some((w, r)) = accept_stream(&conn).await {
-                        tokio::spawn(stream(shared.clone(), conn.clone(), w, r));
+                        tokio::spawn(stream(shared.clone(), conn.clone(), certificate, w, r));
                     }
                 });
             }
@@ -402,11 +413,32 @@ fn advertise(shared: &Shared) -> Option<Mdns> {
 }
 
 /// Serves one stream a peer opened: reads its first message and hands the
-/// stream to the conversation it starts.
-async fn stream(shared: Arc<Shared>, conn: quinn::Connection, w: FrameWriter, mut r: FrameReader) {
+/// stream to the conversation it starts, if the peer's certificate allows
+/// it.
+async fn stream(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    certificate: Option<PeerCertificate>,
+    w: FrameWriter,
+    mut r: FrameReader,
+) {
     match r.recv::<NodeRequest>().await {
-        Ok(NodeRequest::Job(req)) => job::serve(shared, conn, w, r, req).await,
-        Ok(NodeRequest::Adopt(adopt)) => control::adopted(shared, conn, w, r, adopt).await,
+        Ok(NodeRequest::Job(req)) => job::serve(shared, conn, certificate, w, r, req).await,
+        Ok(NodeRequest::Adopt(adopt)) => match access::authorize_adopt(certificate) {
+            Ok(()) => control::adopted(shared, conn, w, r, adopt).await,
+            Err(why) => {
+                warn!(
+                    peer = %conn.remote_address(),
+                    role = %access::role_name(certificate),
+                    certificate = %access::fingerprint_short(certificate),
+                    "refused an adoption request: {why}"
+                );
+                conn.close(
+                    VarInt::from_u32(distcc_rs_proto::auth::close::NOT_PERMITTED),
+                    b"only the scheduler adopts nodes",
+                );
+            }
+        },
         Err(e) => debug!(cause = %e, "stream closed before a request arrived"),
     }
 }

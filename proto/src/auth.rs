@@ -112,7 +112,11 @@ impl fmt::Display for JoinToken {
 // The secret must not end up in logs through a stray `{:?}`.
 impl fmt::Debug for JoinToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "JoinToken(ca {}, secret hidden)", hex::encode(self.ca_pin))
+        write!(
+            f,
+            "JoinToken(ca {}, secret hidden)",
+            hex::encode(self.ca_pin)
+        )
     }
 }
 
@@ -248,8 +252,14 @@ mod tests {
             ("", "drs1-"),
             ("drs2-00-00", "drs1-"),
             ("drs1-abc", "second part"),
-            (&format!("drs1-{}-{}", "zz".repeat(16), "00".repeat(16)), "CA part"),
-            (&format!("drs1-{}-{}", "00".repeat(16), "00".repeat(15)), "secret"),
+            (
+                &format!("drs1-{}-{}", "zz".repeat(16), "00".repeat(16)),
+                "CA part",
+            ),
+            (
+                &format!("drs1-{}-{}", "00".repeat(16), "00".repeat(15)),
+                "secret",
+            ),
         ] {
             let err = text.parse::<JoinToken>().unwrap_err().to_string();
             assert!(err.contains(why), "{text:?}: {err}");

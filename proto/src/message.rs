@@ -116,6 +116,9 @@ pub enum RegisterRefusal {
 // Streams a node accepts.
 
 /// The first message on every stream opened to a node.
+// A request is decoded once per stream and matched at once, so the size of
+// the job variant costs one move; boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum NodeRequest {
     /// A client sends a compile job; see [`JobRequest`].

@@ -21,14 +21,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use distcc_rs_net::{
-    EndpointOptions, FrameReader, FrameWriter, Identity, PeerAuth, bind_client, bind_server,
-    connect, open_stream,
+    EndpointOptions, FarmTrust, FrameReader, FrameWriter, Identity, PeerAuth, bind_client,
+    bind_server, connect, open_stream,
 };
 use distcc_rs_proto::message::{
     AllocateRequest, AllocateResponse, NodeRegistration, RegisterResponse, SchedulerRequest,
 };
-use distcc_rs_proto::{Digest, NodeId, ToolchainId};
+use distcc_rs_proto::{Digest, NodeId, PeerRole, ToolchainId};
 use distcc_rs_scheduler::SchedulerConfig;
+use distcc_rs_scheduler::authority::Security;
 use quinn::Connection;
 use tokio::sync::oneshot;
 
@@ -52,32 +53,43 @@ async fn bench() {
     std::fs::write(toolchains.join(format!("{}.tar.zst", TC.0.to_hex())), b"x")
         .expect("a seeded bundle");
 
-    let identity = Identity::self_signed("bench-scheduler").expect("an identity");
+    let opened = Security::open(state.path(), "bench-scheduler").expect("a farm CA");
     let endpoint = bind_server(
         "127.0.0.1:0".parse().unwrap(),
-        &identity,
-        &PeerAuth::Unauthenticated,
+        &opened.identity,
+        &opened.auth,
         &EndpointOptions::default(),
     )
     .expect("a server endpoint");
+    let ca = opened.security.authority.ca();
+    let member = |role| {
+        (
+            ca.issue_identity(role, "bench", 1000)
+                .expect("a certificate"),
+            PeerAuth::Farm(FarmTrust::new(ca.cert_der().clone())),
+        )
+    };
+    let node_member = member(PeerRole::Node);
+    let client_member = member(PeerRole::Client);
     let addr = endpoint.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(distcc_rs_scheduler::run(
         endpoint,
         SchedulerConfig::new(state.path()),
+        opened.security.clone(),
         async move {
             let _ = stopped.await;
         },
     ));
 
     // The nodes share one connection; each keeps its control stream.
-    let nodes_conn = dial(addr).await;
+    let nodes_conn = dial(addr, &node_member).await;
     let mut controls = Vec::new();
     for id in 1..=NODES {
         controls.push(register(&nodes_conn, id).await);
     }
 
-    let client = dial(addr).await;
+    let client = dial(addr, &client_member).await;
     // Warm up the connection and the allocator.
     for _ in 0..200 {
         allocate_and_release(&client).await;
@@ -92,8 +104,10 @@ async fn bench() {
     for _ in 0..500 {
         let started = Instant::now();
         let opts = EndpointOptions::default();
-        let endpoint = bind_client(addr, None, &PeerAuth::Unauthenticated, &opts).unwrap();
-        let conn = connect(&endpoint, addr, &opts).await.unwrap();
+        let endpoint = bind_client(addr, Some(&client_member.0), &client_member.1, &opts).unwrap();
+        let conn = connect(&endpoint, addr, PeerRole::Scheduler, &opts)
+            .await
+            .unwrap();
         let job = allocate(&conn).await;
         fresh.push(started.elapsed());
         release(&conn, job).await;
@@ -111,7 +125,7 @@ async fn bench() {
     let per_client = 300;
     let mut conns = Vec::new();
     for _ in 0..clients {
-        conns.push(dial(addr).await);
+        conns.push(dial(addr, &client_member).await);
     }
     let started = Instant::now();
     let tasks: Vec<_> = conns
@@ -146,10 +160,12 @@ async fn bench() {
     server.await.unwrap().unwrap();
 }
 
-async fn dial(addr: SocketAddr) -> Connection {
+async fn dial(addr: SocketAddr, (identity, auth): &(Identity, PeerAuth)) -> Connection {
     let opts = EndpointOptions::default();
-    let endpoint = bind_client(addr, None, &PeerAuth::Unauthenticated, &opts).unwrap();
-    connect(&endpoint, addr, &opts).await.unwrap()
+    let endpoint = bind_client(addr, Some(identity), auth, &opts).unwrap();
+    connect(&endpoint, addr, PeerRole::Scheduler, &opts)
+        .await
+        .unwrap()
 }
 
 async fn register(conn: &Connection, id: u64) -> (FrameWriter, FrameReader) {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use distcc_rs_proto::message::{
     AllocateRequest, AllocateResponse, Assignment, JobOutcome, NodeLoad, NodeRegistration,
 };
-use distcc_rs_proto::{Digest, NodeId, ToolchainId};
+use distcc_rs_proto::{CertFingerprint, Digest, NodeId, ToolchainId};
 use distcc_rs_scheduler::{Decision, Farm, FarmConfig};
 
 const TC: ToolchainId = ToolchainId(Digest([7; 32]));
@@ -41,6 +41,9 @@ impl Rng {
         (self.0 % n as u64) as usize
     }
 }
+
+/// The certificate every simulated request comes with.
+const TEST_CLIENT: CertFingerprint = CertFingerprint([0xc1; 32]);
 
 fn request(rng: &mut Rng, build: usize) -> AllocateRequest {
     AllocateRequest {
@@ -97,11 +100,14 @@ fn steady(nodes: usize, busy: f64) {
     let mut farm = farm(nodes, t0);
     let target = (nodes as f64 * f64::from(SLOTS) * busy) as usize;
     let mut in_flight: Vec<Assignment> = Vec::with_capacity(target + 1);
-    let place =
-        |farm: &mut Farm, rng: &mut Rng, now: Instant| match farm.allocate(now, &request(rng, 0)) {
-            Decision::Answer(AllocateResponse::Assigned(a)) => a,
-            other => panic!("unexpected {other:?}"),
-        };
+    let place = |farm: &mut Farm, rng: &mut Rng, now: Instant| match farm.allocate(
+        now,
+        &request(rng, 0),
+        TEST_CLIENT,
+    ) {
+        Decision::Answer(AllocateResponse::Assigned(a)) => a,
+        other => panic!("unexpected {other:?}"),
+    };
     for _ in 0..target.max(1) {
         let a = place(&mut farm, &mut rng, t0);
         in_flight.push(a);
@@ -140,7 +146,7 @@ fn saturated(nodes: usize, waiting: usize) {
         build
     };
     for _ in 0..nodes * SLOTS as usize + waiting {
-        match farm.allocate(t0, &request(&mut rng, next_build())) {
+        match farm.allocate(t0, &request(&mut rng, next_build()), TEST_CLIENT) {
             Decision::Answer(AllocateResponse::Assigned(a)) => in_flight.push(a),
             Decision::Queued { .. } => {}
             other => panic!("unexpected {other:?}"),
@@ -164,7 +170,7 @@ fn saturated(nodes: usize, waiting: usize) {
                 }
                 grants += 1;
             }
-            match farm.allocate(now, &request(&mut rng, next_build())) {
+            match farm.allocate(now, &request(&mut rng, next_build()), TEST_CLIENT) {
                 Decision::Queued { .. } => {}
                 other => panic!("unexpected {other:?}"),
             }

@@ -351,7 +351,7 @@ async fn dial(
     }
     let mut failures = Vec::new();
     for addr in candidates {
-        match connect(endpoint, addr, opts).await {
+        match connect(endpoint, addr, distcc_rs_proto::PeerRole::Node, opts).await {
             Ok(conn) => return Ok(conn),
             Err(e) => failures.push(format!("{addr}: {e}")),
         }

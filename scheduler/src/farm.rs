@@ -54,7 +54,7 @@ use distcc_rs_proto::message::{
     JobPhase, JobStatus, NodeLoad, NodeRegistration, NodeStatus, RegisterRefusal, RunLocallyReason,
     ToolchainStatus,
 };
-use distcc_rs_proto::{JobId, NodeId, Ticket, ToolchainId};
+use distcc_rs_proto::{CertFingerprint, JobId, NodeId, Ticket, ToolchainId};
 
 use crate::placement::{self, Candidate, Choice, Policy, Standing};
 
@@ -297,6 +297,8 @@ struct Ended {
 #[derive(Debug)]
 struct Waiter {
     request: AllocateRequest,
+    /// The certificate the request came with; the ticket is bound to it.
+    client_cert: CertFingerprint,
     exclude: Exclusions,
     deadline: Instant,
 }
@@ -479,8 +481,14 @@ impl Farm {
     }
 
     /// Decides where a job runs, or that it waits for a slot. See the module
-    /// documentation.
-    pub fn allocate(&mut self, now: Instant, request: &AllocateRequest) -> Decision {
+    /// documentation. `client_cert` is the fingerprint of the certificate
+    /// the request arrived with: the job's ticket is valid only for it.
+    pub fn allocate(
+        &mut self,
+        now: Instant,
+        request: &AllocateRequest,
+        client_cert: CertFingerprint,
+    ) -> Decision {
         // No point asking for a 150 MiB upload when no node could use it.
         if self.nodes.is_empty() {
             self.totals.run_locally += 1;
@@ -504,9 +512,9 @@ impl Farm {
                 ))
             }
             // Nobody waits, so nobody has a better claim to the slot.
-            Choice::Place(node) if self.waiters.is_empty() => {
-                Decision::Answer(AllocateResponse::Assigned(self.assign(now, node, request)))
-            }
+            Choice::Place(node) if self.waiters.is_empty() => Decision::Answer(
+                AllocateResponse::Assigned(self.assign(now, node, request, client_cert)),
+            ),
             Choice::Place(_) | Choice::AllBusy => {
                 if self.config.queue_timeout.is_zero() {
                     self.totals.run_locally += 1;
@@ -526,6 +534,7 @@ impl Farm {
                     waiter,
                     Waiter {
                         request: request.clone(),
+                        client_cert,
                         exclude,
                         deadline,
                     },
@@ -582,7 +591,7 @@ impl Farm {
             let Some(w) = self.unqueue(waiter) else {
                 break;
             };
-            let assignment = self.assign(now, node, &w.request);
+            let assignment = self.assign(now, node, &w.request, w.client_cert);
             if !self.nodes[&node].has_free_slot() {
                 open.retain(|n| *n != node);
             }
@@ -706,7 +715,13 @@ impl Farm {
 
     /// Records an assignment of a job to `node`, which must exist and have a
     /// free slot.
-    fn assign(&mut self, now: Instant, node_id: NodeId, request: &AllocateRequest) -> Assignment {
+    fn assign(
+        &mut self,
+        now: Instant,
+        node_id: NodeId,
+        request: &AllocateRequest,
+        client_cert: CertFingerprint,
+    ) -> Assignment {
         self.last_job = self.last_job.wrapping_add(1);
         self.assignments_made += 1;
         let job = JobId(self.last_job);
@@ -717,7 +732,13 @@ impl Farm {
         debug_assert!(node.has_free_slot());
         node.jobs.insert(job);
         node.last_assigned = self.assignments_made;
-        let mac = sign(&node.ticket_key, job, node_id, request.toolchain);
+        let mac = sign(
+            &node.ticket_key,
+            job,
+            node_id,
+            request.toolchain,
+            client_cert,
+        );
         let warm = node.toolchains.contains(&request.toolchain);
         let assignment = Assignment {
             job,
@@ -728,6 +749,7 @@ impl Farm {
                 job,
                 node: node_id,
                 toolchain: request.toolchain,
+                client: client_cert,
                 mac,
             },
         };
@@ -1052,8 +1074,14 @@ impl Farm {
 
 /// The MAC a node checks a ticket against: a BLAKE3 keyed hash of the
 /// ticket's fields under the node's own key.
-fn sign(key: &[u8; 32], job: JobId, node: NodeId, toolchain: ToolchainId) -> [u8; 32] {
-    *blake3::keyed_hash(key, &Ticket::signed_bytes(job, node, toolchain)).as_bytes()
+fn sign(
+    key: &[u8; 32],
+    job: JobId,
+    node: NodeId,
+    toolchain: ToolchainId,
+    client: CertFingerprint,
+) -> [u8; 32] {
+    *blake3::keyed_hash(key, &Ticket::signed_bytes(job, node, toolchain, client)).as_bytes()
 }
 
 #[cfg(test)]

@@ -14,10 +14,16 @@
 //!   stream, and turns it into calls on the farm and the store.
 //! * [`discovery`]: finding nodes (mDNS, `--node`) and adopting them, and
 //!   advertising the scheduler for clients.
+//! * [`authority`]: the farm CA on disk, the join token, enrollment, and the
+//!   record of issued and revoked certificates.
+//! * [`access`]: which certificate role may make which request, as a pure
+//!   function.
 //!
 //! The binary (`main.rs`) parses flags, sets up logging, binds the endpoint
 //! and calls [`server::run`].
 
+pub mod access;
+pub mod authority;
 pub mod discovery;
 pub mod farm;
 pub mod placement;

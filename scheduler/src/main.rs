@@ -12,8 +12,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use distcc_rs_net::config_file::{ConfigError, Layered, parse_layered};
-use distcc_rs_net::{EndpointOptions, Identity, PeerAuth, bind_server};
+use distcc_rs_net::{EndpointOptions, bind_server};
 use distcc_rs_proto::discovery::{DEFAULT_FARM, FarmNameError, validate_farm_name};
+use distcc_rs_scheduler::authority::Security;
 use distcc_rs_scheduler::{DEFAULT_MAX_BUNDLE_SIZE, DiscoveryConfig, SchedulerConfig};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -41,9 +42,17 @@ const DEFAULT_CONFIG: &str = "/etc/distcc-rs/scheduler.toml";
 /// flag's name in snake_case: `max_store_size = "50GiB"`, `nodes = ["a:7701"]`,
 /// `mdns = false`. Environment variables override the file, and flags
 /// override both; --print-config shows the result. See docs/CONFIG.md.
+///
+/// On first start the scheduler creates the farm's certificate authority in
+/// STATE_DIR/pki and a join token; `distcc-rs-scheduler token` prints the
+/// token. Nodes (--join-token) and clients (`distcc-rs join TOKEN`) enroll
+/// once with it, and every connection is then mutually authenticated.
 #[derive(Debug, PartialEq, Parser)]
 #[command(name = "distcc-rs-scheduler", version)]
 struct Args {
+    #[command(subcommand)]
+    admin: Option<Admin>,
+
     /// The TOML configuration file to read [default:
     /// /etc/distcc-rs/scheduler.toml, if it exists]. A file named here or by
     /// the variable must exist.
@@ -88,13 +97,15 @@ struct Args {
     mdns: bool,
 
     /// Where the scheduler keeps toolchain bundles (in its `toolchains`
-    /// subdirectory). Created if missing. systemd's StateDirectory= sets
+    /// subdirectory) and the farm's certificate authority, join token and
+    /// member records (in `pki`; back it up). Created if missing. systemd's StateDirectory= sets
     /// $STATE_DIRECTORY (the first of its directories is taken).
     #[arg(
         long,
         value_name = "DIR",
         env = "STATE_DIRECTORY",
-        default_value = DEFAULT_STATE_DIR
+        default_value = DEFAULT_STATE_DIR,
+        global = true
     )]
     state_dir: PathBuf,
 
@@ -127,6 +138,38 @@ struct Args {
     queue_timeout: Duration,
 }
 
+/// Farm membership commands. They work on the files in STATE_DIR/pki, and
+/// a running scheduler picks up their changes within a second, so they need
+/// no restart. Run them as the user the scheduler runs as.
+#[derive(Debug, PartialEq, clap::Subcommand)]
+enum Admin {
+    /// Print the farm's join token (creating the farm CA if there is none
+    /// yet). Anyone with the token can enroll a node or a client, so share
+    /// it like a password.
+    Token {
+        /// Replace the token with a new one first. The old token stops
+        /// working for new enrollments; members already enrolled keep
+        /// their certificates.
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// List every certificate the farm CA issued, with its serial, role,
+    /// name, fingerprint and whether it was revoked.
+    Certs {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke certificates: the scheduler refuses them from then on and
+    /// closes their open connections. WHO is a serial number, a member name
+    /// (every certificate issued to it) or a fingerprint prefix of at least
+    /// 8 hex digits, as `certs` shows them.
+    Revoke {
+        #[arg(value_name = "WHO")]
+        who: String,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Text,
@@ -142,6 +185,18 @@ fn main() -> ExitCode {
     if args.print_config {
         print!("{}", layered.to_toml(&[]));
         return ExitCode::SUCCESS;
+    }
+    if let Some(admin) = &args.admin {
+        return match admin::run(admin, &args.state_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "distcc-rs-scheduler: error: {}",
+                    distcc_rs_net::one_line(e.as_ref())
+                );
+                ExitCode::FAILURE
+            }
+        };
     }
     init_logging(args.log_format);
     match run(args) {
@@ -212,9 +267,22 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
 
     let options = EndpointOptions::default();
-    let identity =
-        Identity::self_signed("distcc-rs-scheduler").context("cannot create a TLS identity")?;
-    let endpoint = bind_server(args.listen, &identity, &PeerAuth::Unauthenticated, &options)
+    let opened = Security::open(&state_dir, &host_name())
+        .context("cannot open the farm's certificate authority")?;
+    if opened.created {
+        let token = opened
+            .security
+            .authority
+            .token()
+            .context("cannot read the new join token")?;
+        tracing::info!(
+            dir = %opened.security.authority.dir().display(),
+            "created the farm's certificate authority; join token: {token} (nodes: \
+             distcc-rs-node --join-token TOKEN, clients: distcc-rs join TOKEN; \
+             `distcc-rs-scheduler token` prints it again)"
+        );
+    }
+    let endpoint = bind_server(args.listen, &opened.identity, &opened.auth, &options)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = endpoint
         .local_addr()
@@ -241,11 +309,118 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .context("cannot write to stdout")?;
     drop(stdout);
 
-    distcc_rs_scheduler::run(endpoint, config, shutdown)
+    distcc_rs_scheduler::run(endpoint, config, opened.security, shutdown)
         .await
         .context("the scheduler failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+mod admin {
+    //! The membership subcommands: thin wrappers over the authority.
+
+    use std::path::Path;
+
+    use anyhow::Context;
+    use distcc_rs_scheduler::authority::{Authority, Member};
+
+    use super::Admin;
+
+    pub(super) fn run(admin: &Admin, state_dir: &Path) -> anyhow::Result<()> {
+        let (authority, created) = Authority::open_or_create(state_dir).with_context(|| {
+            format!(
+                "cannot open the farm CA in {} (run this as the user the scheduler runs as, \
+                 with the same --state-dir)",
+                state_dir.display()
+            )
+        })?;
+        if created {
+            eprintln!("created a new farm CA in {}", authority.dir().display());
+        }
+        match admin {
+            Admin::Token { rotate } => {
+                let token = if *rotate {
+                    let token = authority.rotate_token()?;
+                    eprintln!("the previous join token no longer enrolls new members");
+                    token
+                } else {
+                    authority.token()?
+                };
+                println!("{token}");
+                eprintln!(
+                    "join a node:   distcc-rs-node --join-token {token} ...\n\
+                     join a client: distcc-rs join {token}"
+                );
+            }
+            Admin::Certs { json } => {
+                let members = authority.list()?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&members)?);
+                } else {
+                    print!("{}", table(&members));
+                }
+            }
+            Admin::Revoke { who } => {
+                let revoked = authority.revoke(who)?;
+                if revoked.is_empty() {
+                    println!("nothing to revoke: {who:?} is already revoked (or is the scheduler)");
+                }
+                for m in &revoked {
+                    println!(
+                        "revoked serial {} ({} {}, {})",
+                        m.serial,
+                        m.role,
+                        m.name,
+                        &m.fingerprint[..16]
+                    );
+                }
+                if !revoked.is_empty() {
+                    eprintln!(
+                        "a running scheduler refuses these certificates within a second and \
+                         closes their connections"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `certs` table.
+    pub(super) fn table(members: &[Member]) -> String {
+        use std::fmt::Write;
+        let mut out = format!(
+            "{:>6}  {:<9}  {:<24}  {:<16}  {}\n",
+            "SERIAL", "ROLE", "NAME", "FINGERPRINT", "STATUS"
+        );
+        for m in members {
+            let status = match m.revoked {
+                Some(at) => format!("revoked ({})", ago(at)),
+                None => format!("valid, issued {}", ago(m.issued)),
+            };
+            let _ = writeln!(
+                out,
+                "{:>6}  {:<9}  {:<24}  {:<16}  {status}",
+                m.serial,
+                m.role.to_string(),
+                m.name,
+                &m.fingerprint[..16.min(m.fingerprint.len())]
+            );
+        }
+        out
+    }
+
+    fn ago(unix: u64) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let secs = now.saturating_sub(unix);
+        match secs {
+            0..120 => format!("{secs} s ago"),
+            120..7200 => format!("{} min ago", secs / 60),
+            7200..172_800 => format!("{} h ago", secs / 3600),
+            _ => format!("{} days ago", secs / 86_400),
+        }
+    }
 }
 
 /// Reads a size in bytes with an optional binary suffix (`K`, `M`, `G`,

@@ -32,17 +32,23 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use distcc_rs_net::{FrameReader, FrameWriter, NetError, accept_stream, endpoint, payload};
+use distcc_rs_net::{
+    FrameReader, FrameWriter, NetError, PeerCertificate, accept_stream, endpoint, payload,
+    peer_certificate,
+};
+use distcc_rs_proto::auth::{EnrollRequest, EnrollResponse, close};
 use distcc_rs_proto::message::{
     AllocateRequest, AllocateResponse, BundleError, FetchResponse, NodeEvent, NodeRegistration,
     RegisterRefusal, RegisterResponse, RunLocallyReason, SchedulerRequest, UploadResponse,
 };
-use distcc_rs_proto::{JobId, NodeId, PROTOCOL_VERSION, ToolchainId};
+use distcc_rs_proto::{CertFingerprint, JobId, NodeId, PROTOCOL_VERSION, ToolchainId};
 use quinn::{Connection, ConnectionError, ReadError};
 use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinSet};
 use tracing::{Instrument, debug, error, info, info_span, trace, warn};
 
+use crate::access::{authorize, request_name};
+use crate::authority::Security;
 use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::farm::{Decision, Farm, FarmConfig, JobReport, WaiterId};
 use crate::store::{
@@ -108,6 +114,8 @@ pub(crate) enum RequestError {
     Net(#[from] NetError),
     #[error("no randomness for a ticket key: {0}")]
     Entropy(getrandom::Error),
+    #[error("the request needs a certificate")]
+    NoCertificate,
 }
 
 /// State shared by all tasks.
@@ -122,6 +130,11 @@ pub(crate) struct Shared {
     /// The farm's name: registrations of nodes of another farm are refused,
     /// and discovery adopts and advertises for this farm only.
     pub(crate) farm_name: String,
+    /// The farm CA, for enrollment and revocation.
+    security: Security,
+    /// Every open connection with the certificate it was made with, so that
+    /// a revocation can close the revoked member's connections.
+    connections: Mutex<HashMap<usize, (CertFingerprint, Connection)>>,
 }
 
 impl Shared {
@@ -234,6 +247,7 @@ impl Drop for FarmGuard<'_> {
 pub async fn run(
     endpoint: quinn::Endpoint,
     config: SchedulerConfig,
+    security: Security,
     shutdown: impl Future,
 ) -> Result<(), SchedulerError> {
     let store = ToolchainStore::open(&config.state_dir, config.max_bundle_size)?
@@ -264,6 +278,8 @@ pub async fn run(
         rechecking: Mutex::new(HashSet::new()),
         protocol_version: config.protocol_version,
         farm_name: config.farm.farm_name.clone(),
+        security,
+        connections: Mutex::new(HashMap::new()),
     });
 
     let mut tasks = JoinSet::new();
@@ -304,10 +320,58 @@ pub async fn run(
 async fn expire_periodically(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut members_seen = shared.security.authority.members_changed();
     loop {
         tick.tick().await;
         let expired = shared.farm().expire(Instant::now());
         log_expired(&expired);
+        // Revocations made by `distcc-rs-scheduler revoke` while the
+        // scheduler runs take effect here, within a tick.
+        let changed = shared.security.authority.members_changed();
+        if changed != members_seen {
+            members_seen = changed;
+            let shared = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || reload_revocations(&shared)).await;
+        }
+    }
+}
+
+/// Rereads the revocation list, and closes the connections of certificates
+/// revoked since the last read.
+fn reload_revocations(shared: &Shared) {
+    let revoked = match shared.security.authority.revoked() {
+        Ok(revoked) => revoked,
+        Err(e) => {
+            warn!(cause = %e, "cannot reload the revocation list; keeping the previous one");
+            return;
+        }
+    };
+    let newly: Vec<CertFingerprint> = revoked
+        .iter()
+        .filter(|f| !shared.security.revocations.contains(f))
+        .copied()
+        .collect();
+    shared.security.revocations.replace(revoked);
+    if newly.is_empty() {
+        return;
+    }
+    info!(count = newly.len(), "certificates revoked");
+    let connections = shared
+        .connections
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    for (fingerprint, conn) in connections.values() {
+        if newly.contains(fingerprint) {
+            warn!(
+                peer = %conn.remote_address(),
+                certificate = %fingerprint.short(),
+                "closing the connection of a revoked certificate"
+            );
+            conn.close(
+                close::REVOKED.into(),
+                b"this certificate has been revoked by the farm's admin",
+            );
+        }
     }
 }
 
@@ -346,12 +410,19 @@ async fn connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
 /// connections the peer dialled and on those the scheduler dialled to adopt
 /// a node alike.
 pub(crate) async fn serve_connection(shared: Arc<Shared>, conn: Connection) {
+    let cert = peer_certificate(&conn);
+    debug!(
+        role = %cert.and_then(|c| c.role).map_or_else(|| "none".to_owned(), |r| r.to_string()),
+        certificate = %cert.map_or_else(|| "none".to_owned(), |c| c.fingerprint.short()),
+        "peer authenticated"
+    );
+    let _tracked = cert.map(|c| TrackedConnection::new(&shared, c.fingerprint, &conn));
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
             accepted = accept_stream(&conn) => {
                 let Some((w, r)) = accepted else { break };
-                streams.spawn(stream(shared.clone(), conn.clone(), w, r).in_current_span());
+                streams.spawn(stream(shared.clone(), conn.clone(), cert, w, r).in_current_span());
             }
             Some(done) = streams.join_next() => log_task_end(done),
         }
@@ -368,7 +439,41 @@ pub(crate) async fn serve_connection(shared: Arc<Shared>, conn: Connection) {
     );
 }
 
-async fn stream(shared: Arc<Shared>, conn: Connection, w: FrameWriter, mut r: FrameReader) {
+/// A connection in [`Shared::connections`] for as long as it is served.
+struct TrackedConnection<'a> {
+    shared: &'a Shared,
+    id: usize,
+}
+
+impl<'a> TrackedConnection<'a> {
+    fn new(shared: &'a Shared, fingerprint: CertFingerprint, conn: &Connection) -> Self {
+        let id = conn.stable_id();
+        shared
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, (fingerprint, conn.clone()));
+        TrackedConnection { shared, id }
+    }
+}
+
+impl Drop for TrackedConnection<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
+async fn stream(
+    shared: Arc<Shared>,
+    conn: Connection,
+    cert: Option<PeerCertificate>,
+    w: FrameWriter,
+    mut r: FrameReader,
+) {
     let request: SchedulerRequest = match r.recv().await {
         Ok(request) => request,
         Err(e) => {
@@ -377,16 +482,32 @@ async fn stream(shared: Arc<Shared>, conn: Connection, w: FrameWriter, mut r: Fr
         }
     };
     let peer = conn.remote_address();
+    let role = cert.and_then(|c| c.role);
+    if let Err(denied) = authorize(role, &request) {
+        warn!(
+            role = %role.map_or_else(|| "none".to_owned(), |r| r.to_string()),
+            certificate = %cert.map_or_else(|| "none".to_owned(), |c| c.fingerprint.short()),
+            "refused a {}: {denied}; closing the connection",
+            request_name(&request)
+        );
+        conn.close(close::NOT_PERMITTED.into(), denied.to_string().as_bytes());
+        return;
+    }
     let (what, result) = match request {
+        SchedulerRequest::Enroll(request) => ("enrollment", enroll(&shared, request, w).await),
         SchedulerRequest::RegisterNode(registration) => (
             "node registration",
             node_control(&shared, peer, registration, w, r)
                 .await
                 .map(|_| ()),
         ),
-        SchedulerRequest::Allocate(request) => {
-            ("allocation", allocate(&shared, &conn, request, w).await)
-        }
+        SchedulerRequest::Allocate(request) => match cert {
+            Some(cert) => (
+                "allocation",
+                allocate(&shared, &conn, request, cert.fingerprint, w).await,
+            ),
+            None => ("allocation", Err(RequestError::NoCertificate)),
+        },
         SchedulerRequest::UploadToolchain {
             id,
             compressed_size,
@@ -640,10 +761,40 @@ impl Drop for Membership {
     }
 }
 
+/// Issues a certificate to a peer that knows the join token.
+async fn enroll(
+    shared: &Arc<Shared>,
+    request: EnrollRequest,
+    mut w: FrameWriter,
+) -> Result<(), RequestError> {
+    let (role, name) = (request.role, request.name.clone());
+    let authority = shared.security.authority.clone();
+    // Key checks, signing and the locked record update are blocking work.
+    let response = tokio::task::spawn_blocking(move || authority.enroll(&request))
+        .await
+        .unwrap_or_else(|e| {
+            EnrollResponse::Refused(distcc_rs_proto::auth::EnrollRefusal::Internal(
+                e.to_string(),
+            ))
+        });
+    match &response {
+        EnrollResponse::Enrolled { serial, .. } => {
+            info!(%role, member = %name, serial, "enrolled a new member");
+        }
+        EnrollResponse::Refused(why) => {
+            warn!(%role, member = %name, "refused an enrollment: {why}");
+        }
+    }
+    w.send(&response).await?;
+    w.finish_and_wait().await?;
+    Ok(())
+}
+
 async fn allocate(
     shared: &Shared,
     conn: &Connection,
     request: AllocateRequest,
+    peer_cert: CertFingerprint,
     mut w: FrameWriter,
 ) -> Result<(), RequestError> {
     let now = Instant::now();
@@ -651,7 +802,7 @@ async fn allocate(
     let (expired, decision) = {
         let mut farm = shared.farm();
         let expired = farm.expire(now);
-        let decision = farm.allocate(now, &request);
+        let decision = farm.allocate(now, &request, peer_cert);
         if let Decision::Queued { waiter, .. } = decision {
             farm.wait(waiter, answer);
         }

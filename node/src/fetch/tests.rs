@@ -1,12 +1,15 @@
 //! A real node (mDNS off, adopted over loopback) against a fake scheduler
-//! that serves toolchain bundles, some of them damaged, and a fake client
-//! that sends jobs with tickets the fake scheduler signed.
+//! that serves toolchain bundles, some of them damaged, and fake clients
+//! that send jobs with tickets the fake scheduler signed, all with
+//! certificates of one test farm.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use distcc_rs_net::credentials::Credentials;
+use distcc_rs_net::pki::{self, TestFarm};
 use distcc_rs_net::{
     EndpointOptions, FrameReader, FrameWriter, Identity, PeerAuth, accept_stream, bind_client,
     connect, open_stream, payload,
@@ -16,7 +19,7 @@ use distcc_rs_proto::message::{
     JobOutcome, JobRequest, NodeEvent, NodeRequest, RegisterResponse, SchedulerRequest,
     ToolchainStatus,
 };
-use distcc_rs_proto::{Digest, JobId, NodeId, Ticket, ToolchainId};
+use distcc_rs_proto::{CertFingerprint, Digest, JobId, NodeId, PeerRole, Ticket, ToolchainId};
 use quinn::Connection;
 use tokio::sync::oneshot;
 
@@ -76,6 +79,8 @@ struct Script {
 }
 
 struct Farm {
+    /// Issues every certificate of the test.
+    pki: TestFarm,
     node_id: NodeId,
     node_addr: SocketAddr,
     key: [u8; 32],
@@ -90,7 +95,8 @@ struct Farm {
     next_job: u64,
 }
 
-fn config(work: &std::path::Path, cache: u64, prefetch: bool) -> NodeConfig {
+fn config(work: &std::path::Path, cache: u64, prefetch: bool, pki: &TestFarm) -> NodeConfig {
+    let (identity, _) = pki.member(PeerRole::Node);
     NodeConfig {
         name: "test-node".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -120,14 +126,20 @@ fn config(work: &std::path::Path, cache: u64, prefetch: bool) -> NodeConfig {
         // private temporary one the job user could not reach; the sandbox
         // is checked by the end-to-end tests.
         insecure_no_sandbox: true,
+        credentials: Credentials {
+            ca: pki.ca.cert_der().clone(),
+            identity,
+        },
     }
 }
 
-async fn dial(addr: SocketAddr) -> Connection {
+/// A connection to the node at `addr` from the holder of `identity`.
+async fn dial(addr: SocketAddr, identity: &Identity, auth: &PeerAuth) -> Connection {
     let opts = EndpointOptions::default();
-    let identity = Identity::self_signed("fake").unwrap();
-    let endpoint = bind_client(addr, Some(&identity), &PeerAuth::Unauthenticated, &opts).unwrap();
-    connect(&endpoint, addr, &opts).await.unwrap()
+    let endpoint = bind_client(addr, Some(identity), auth, &opts).unwrap();
+    connect(&endpoint, addr, PeerRole::Node, &opts)
+        .await
+        .unwrap()
 }
 
 impl Farm {
@@ -135,7 +147,8 @@ impl Farm {
     /// `script`.
     async fn start(cache: u64, prefetch: bool, script: Script) -> Farm {
         let work = tempfile::tempdir().unwrap();
-        let node = Node::bind(config(work.path(), cache, prefetch))
+        let pki = TestFarm::new();
+        let node = Node::bind(config(work.path(), cache, prefetch, &pki))
             .expect("the node starts (is bubblewrap installed?)");
         let node_addr = node.local_addr().unwrap();
         let (registered_tx, registered) = oneshot::channel();
@@ -144,7 +157,8 @@ impl Farm {
             let _ = stopped.await;
         }));
 
-        let conn = dial(node_addr).await;
+        let (identity, auth) = pki.member(PeerRole::Scheduler);
+        let conn = dial(node_addr, &identity, &auth).await;
         let (mut w, mut r) = open_stream(&conn).await.unwrap();
         w.send(&NodeRequest::Adopt(AdoptRequest {
             farm: "default".into(),
@@ -174,6 +188,7 @@ impl Farm {
             .unwrap()
             .unwrap();
         Farm {
+            pki,
             node_id: registration.node,
             node_addr,
             key,
@@ -227,16 +242,40 @@ impl Farm {
     /// Sends a job of toolchain `id` as a client would, with no inputs, and
     /// returns how the node answered: its refusal, or the job's last event.
     async fn job(&mut self, id: ToolchainId) -> Result<JobEvent, JobError> {
+        let (identity, auth) = self.pki.member(PeerRole::Client);
+        let ticket = self.ticket(id, pki::fingerprint(&identity.cert_chain[0]));
+        self.send(ticket, &identity, &auth).await
+    }
+
+    /// A ticket the fake scheduler signed for the next job, of toolchain
+    /// `id`, issued to the client with the certificate `client`.
+    fn ticket(&mut self, id: ToolchainId, client: CertFingerprint) -> Ticket {
         let job = JobId(self.next_job);
         self.next_job += 1;
-        let mac = blake3::keyed_hash(&self.key, &Ticket::signed_bytes(job, self.node_id, id));
+        let mac = blake3::keyed_hash(
+            &self.key,
+            &Ticket::signed_bytes(job, self.node_id, id, client),
+        );
+        Ticket {
+            job,
+            node: self.node_id,
+            toolchain: id,
+            client,
+            mac: *mac.as_bytes(),
+        }
+    }
+
+    /// Sends the job `ticket` allows, with no inputs, from the holder of
+    /// `identity`, and returns how the node answered: its refusal, or the
+    /// job's last event.
+    async fn send(
+        &self,
+        ticket: Ticket,
+        identity: &Identity,
+        auth: &PeerAuth,
+    ) -> Result<JobEvent, JobError> {
         let request = JobRequest {
-            ticket: Ticket {
-                job,
-                node: self.node_id,
-                toolchain: id,
-                mac: *mac.as_bytes(),
-            },
+            ticket,
             crate_name: "x".into(),
             args: vec!["--crate-name".into(), "x".into()],
             env: vec![],
@@ -245,7 +284,7 @@ impl Farm {
             dirs: vec!["/src".into()],
             output_dirs: vec!["/src/out".into()],
         };
-        let conn = dial(self.node_addr).await;
+        let conn = dial(self.node_addr, identity, auth).await;
         let (mut w, mut r) = open_stream(&conn).await.unwrap();
         w.send(&NodeRequest::Job(request)).await.unwrap();
         let accept: JobAccept = tokio::time::timeout(STEP, r.recv()).await.unwrap().unwrap();
@@ -471,5 +510,64 @@ async fn an_idle_node_prefetches_the_toolchains_the_farm_used_recently() {
     }
     assert_eq!(farm.fetches(recent), 1);
     assert_eq!(farm.fetches(unused), 0);
+    farm.stop().await;
+}
+
+#[tokio::test]
+async fn a_ticket_is_good_only_on_the_connection_of_the_client_it_names() {
+    let (id, good) = bundle(7, 4096);
+    let mut farm = Farm::start(1 << 20, false, script(vec![(id, vec![good])])).await;
+    let (owner, owner_auth) = farm.pki.member(PeerRole::Client);
+    let (thief, thief_auth) = farm.pki.member(PeerRole::Client);
+    let ticket = farm.ticket(id, pki::fingerprint(&owner.cert_chain[0]));
+
+    // Another client of the farm that saw the ticket cannot use it.
+    let refused = farm.send(ticket, &thief, &thief_auth).await.unwrap_err();
+    assert_eq!(
+        refused,
+        JobError::BadTicket("the ticket was issued to another client certificate".into())
+    );
+    // Nor can it rewrite the ticket to name itself: the MAC covers the
+    // client.
+    let rebound = Ticket {
+        client: pki::fingerprint(&thief.cert_chain[0]),
+        ..ticket
+    };
+    let refused = farm.send(rebound, &thief, &thief_auth).await.unwrap_err();
+    assert!(
+        matches!(&refused, JobError::BadTicket(why) if why.contains("signature")),
+        "{refused:?}"
+    );
+
+    // The refusals did not use the ticket up: its client's job runs (the
+    // fake rustc cannot, but the node got as far as the toolchain).
+    let outcome = farm.send(ticket, &owner, &owner_auth).await.unwrap();
+    assert!(
+        !matches!(
+            outcome,
+            JobEvent::Failed(JobError::ToolchainUnavailable { .. })
+        ),
+        "{outcome:?}"
+    );
+    farm.stop().await;
+}
+
+#[tokio::test]
+async fn only_clients_submit_jobs() {
+    let (id, good) = bundle(8, 4096);
+    let mut farm = Farm::start(1 << 20, false, script(vec![(id, vec![good])])).await;
+    for role in [PeerRole::Node, PeerRole::Scheduler] {
+        let (identity, auth) = farm.pki.member(role);
+        // Even a genuine ticket naming this very certificate.
+        let ticket = farm.ticket(id, pki::fingerprint(&identity.cert_chain[0]));
+        let refused = farm.send(ticket, &identity, &auth).await.unwrap_err();
+        assert_eq!(
+            refused,
+            JobError::BadTicket(format!(
+                "only clients submit jobs; this peer's certificate is for a {role}"
+            ))
+        );
+    }
+    assert_eq!(farm.fetches(id), 0);
     farm.stop().await;
 }

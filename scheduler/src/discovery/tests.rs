@@ -7,18 +7,19 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use distcc_rs_net::{
-    EndpointOptions, FrameReader, FrameWriter, Identity, PeerAuth, accept_stream, bind_client,
+    EndpointOptions, FarmTrust, FrameReader, FrameWriter, PeerAuth, accept_stream, bind_client,
     bind_server, connect, open_stream, payload,
 };
 use distcc_rs_proto::message::{
     AdoptRefusal, AdoptReply, AdoptRequest, FarmStatus, FetchResponse, NodeRegistration,
     NodeRequest, RegisterRefusal, RegisterResponse, SchedulerRequest, UploadResponse,
 };
-use distcc_rs_proto::{NodeId, ToolchainId};
+use distcc_rs_proto::{NodeId, PeerRole, ToolchainId};
 use quinn::{Connection, Endpoint};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::authority::{Authority, Security};
 use crate::discovery::DiscoveryConfig;
 use crate::fixture;
 use crate::server::{SchedulerConfig, SchedulerError, run};
@@ -37,10 +38,11 @@ impl Running {
 }
 
 fn start(state_dir: &std::path::Path, farm: &str, discovery: DiscoveryConfig) -> Running {
+    let opened = Security::open(state_dir, "scheduler-test").unwrap();
     let endpoint = bind_server(
         "127.0.0.1:0".parse().unwrap(),
-        &Identity::self_signed("scheduler-test").unwrap(),
-        &PeerAuth::Unauthenticated,
+        &opened.identity,
+        &opened.auth,
         &EndpointOptions::default(),
     )
     .unwrap();
@@ -51,18 +53,30 @@ fn start(state_dir: &std::path::Path, farm: &str, discovery: DiscoveryConfig) ->
     };
     config.farm.farm_name = farm.to_owned();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(run(endpoint, config, async move {
+    let task = tokio::spawn(run(endpoint, config, opened.security, async move {
         let _ = stopped.await;
     }));
     Running { addr, stop, task }
 }
 
+/// A member's identity and trust from the CA of the scheduler whose state
+/// is in `state_dir` (created here if the scheduler has not started yet).
+fn member(state_dir: &std::path::Path, role: PeerRole) -> (distcc_rs_net::Identity, PeerAuth) {
+    let (authority, _) = Authority::open_or_create(state_dir).unwrap();
+    let ca = authority.ca();
+    (
+        ca.issue_identity(role, "test", 1000).unwrap(),
+        PeerAuth::Farm(FarmTrust::new(ca.cert_der().clone())),
+    )
+}
+
 /// A node's endpoint on loopback, with nothing behind it but the test.
-fn fake_node() -> Endpoint {
+fn fake_node(state_dir: &std::path::Path) -> Endpoint {
+    let (identity, auth) = member(state_dir, PeerRole::Node);
     bind_server(
         "127.0.0.1:0".parse().unwrap(),
-        &Identity::self_signed("fake-node").unwrap(),
-        &PeerAuth::Unauthenticated,
+        &identity,
+        &auth,
         &EndpointOptions::default(),
     )
     .unwrap()
@@ -103,10 +117,17 @@ async fn adoption(node: &Endpoint) -> (Connection, FrameWriter, FrameReader, Ado
     (conn, w, r, request)
 }
 
-async fn client(addr: SocketAddr) -> Connection {
+async fn client(state_dir: &std::path::Path, addr: SocketAddr) -> Connection {
+    dial_as(state_dir, addr, PeerRole::Client).await
+}
+
+async fn dial_as(state_dir: &std::path::Path, addr: SocketAddr, role: PeerRole) -> Connection {
     let opts = EndpointOptions::default();
-    let endpoint = bind_client(addr, None, &PeerAuth::Unauthenticated, &opts).unwrap();
-    connect(&endpoint, addr, &opts).await.unwrap()
+    let (identity, auth) = member(state_dir, role);
+    let endpoint = bind_client(addr, Some(&identity), &auth, &opts).unwrap();
+    connect(&endpoint, addr, PeerRole::Scheduler, &opts)
+        .await
+        .unwrap()
 }
 
 async fn status(conn: &Connection) -> FarmStatus {
@@ -134,10 +155,10 @@ async fn wait_for(conn: &Connection, what: &str, done: impl Fn(&FarmStatus) -> b
 #[tokio::test]
 async fn a_static_node_is_adopted_and_served_on_the_dialled_connection() {
     let state = tempfile::tempdir().unwrap();
-    let node = fake_node();
+    let node = fake_node(state.path());
     let node_addr = node.local_addr().unwrap();
     let scheduler = start(state.path(), "default", adopting(&[node_addr]));
-    let client = client(scheduler.addr).await;
+    let client = client(state.path(), scheduler.addr).await;
     let (id, bundle) = fixture::bundle("adopted");
     let (mut w, mut r) = open_stream(&client).await.unwrap();
     w.send(&SchedulerRequest::UploadToolchain {
@@ -203,7 +224,7 @@ async fn fetch(conn: &Connection, id: ToolchainId) -> Vec<u8> {
 #[tokio::test]
 async fn a_node_that_declined_is_asked_again_later() {
     let state = tempfile::tempdir().unwrap();
-    let node = fake_node();
+    let node = fake_node(state.path());
     let node_addr = node.local_addr().unwrap();
     let scheduler = start(state.path(), "default", adopting(&[node_addr]));
 
@@ -230,7 +251,7 @@ async fn a_node_that_declined_is_asked_again_later() {
         r.recv().await.unwrap(),
         RegisterResponse::Registered { .. }
     ));
-    let client = client(scheduler.addr).await;
+    let client = client(state.path(), scheduler.addr).await;
     wait_for(&client, "the node to join", |s| s.nodes.len() == 1).await;
     scheduler.shut_down().await;
 }
@@ -238,7 +259,7 @@ async fn a_node_that_declined_is_asked_again_later() {
 #[tokio::test]
 async fn nodes_of_another_farm_are_refused_however_they_arrive() {
     let state = tempfile::tempdir().unwrap();
-    let node = fake_node();
+    let node = fake_node(state.path());
     let node_addr = node.local_addr().unwrap();
     let scheduler = start(state.path(), "team-a", adopting(&[node_addr]));
 
@@ -262,8 +283,8 @@ async fn nodes_of_another_farm_are_refused_however_they_arrive() {
     );
 
     // Dialling in.
-    let client = client(scheduler.addr).await;
-    let (mut w, mut r) = open_stream(&client).await.unwrap();
+    let dialling = dial_as(state.path(), scheduler.addr, PeerRole::Node).await;
+    let (mut w, mut r) = open_stream(&dialling).await.unwrap();
     w.send(&SchedulerRequest::RegisterNode(registration(
         10, "default", 1,
     )))
@@ -276,6 +297,6 @@ async fn nodes_of_another_farm_are_refused_however_they_arrive() {
             scheduler: "team-a".into()
         })
     );
-    assert!(status(&client).await.nodes.is_empty());
+    assert!(status(&dialling).await.nodes.is_empty());
     scheduler.shut_down().await;
 }

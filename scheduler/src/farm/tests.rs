@@ -8,9 +8,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use distcc_rs_proto::message::JobError;
-use distcc_rs_proto::{Digest, JobId, NodeId, Ticket, ToolchainId};
+use distcc_rs_proto::{CertFingerprint, Digest, JobId, NodeId, Ticket, ToolchainId};
 
 use super::*;
+
+/// The certificate every test request comes with.
+const TEST_CLIENT: CertFingerprint = CertFingerprint([0xc1; 32]);
 
 const TC: ToolchainId = ToolchainId(Digest([7; 32]));
 const OTHER_TC: ToolchainId = ToolchainId(Digest([8; 32]));
@@ -184,7 +187,7 @@ fn placement_spreads_over_free_capacity() {
     let now = Instant::now();
     let mut farm = farm_with(now, &[(1, 2), (2, 8), (3, 4)]);
     let nodes: Vec<u64> = (0..7)
-        .map(|_| assigned(farm.allocate(now, &request())).node.0)
+        .map(|_| assigned(farm.allocate(now, &request(), TEST_CLIENT)).node.0)
         .collect();
     // Idle nodes in id order; then the most free share, ties to the node
     // assigned least recently: node 2 (7/8), node 3 and 2 tied at 3/4 with
@@ -202,12 +205,12 @@ fn unknown_toolchain_is_requested_before_anything_else() {
         ..request()
     };
     assert_eq!(
-        answer(farm.allocate(now, &req)),
+        answer(farm.allocate(now, &req, TEST_CLIENT)),
         AllocateResponse::NeedToolchain
     );
     assert_eq!(farm.status(now).totals, FarmTotals::default());
     farm.toolchain_stored(OTHER_TC, 5);
-    assigned(farm.allocate(now, &req));
+    assigned(farm.allocate(now, &req, TEST_CLIENT));
 }
 
 #[test]
@@ -219,7 +222,7 @@ fn an_empty_farm_says_run_locally_before_asking_for_a_toolchain() {
         ..request()
     };
     assert_eq!(
-        answer(farm.allocate(now, &req)),
+        answer(farm.allocate(now, &req, TEST_CLIENT)),
         AllocateResponse::RunLocally(RunLocallyReason::NoNodes)
     );
 }
@@ -228,15 +231,15 @@ fn an_empty_farm_says_run_locally_before_asking_for_a_toolchain() {
 fn released_assignments_free_their_slot_at_once() {
     let now = Instant::now();
     let mut farm = farm_with_config(no_queue(), now, &[(1, 1)]);
-    let a = assigned(farm.allocate(now, &request()));
+    let a = assigned(farm.allocate(now, &request(), TEST_CLIENT));
     assert_eq!(
-        answer(farm.allocate(now, &request())),
+        answer(farm.allocate(now, &request(), TEST_CLIENT)),
         AllocateResponse::RunLocally(RunLocallyReason::NoFreeSlot)
     );
     assert!(farm.release(a.job));
     assert!(!farm.release(a.job), "a job is released once");
     assert_eq!(farm.status(now).totals.abandoned, 1);
-    let b = assigned(farm.allocate(now, &request()));
+    let b = assigned(farm.allocate(now, &request(), TEST_CLIENT));
     // A running job is the node's to report, not the client's to release.
     assert!(farm.job_started(b.node, b.job));
     assert!(!farm.release(b.job));
@@ -253,7 +256,7 @@ fn job_ids_start_after_the_configured_base() {
     farm.register_node(now, &registration(1, 2, vec![]), peer(), [1; 32])
         .unwrap();
     farm.toolchain_stored(TC, 1);
-    let a = assigned(farm.allocate(now, &request()));
+    let a = assigned(farm.allocate(now, &request(), TEST_CLIENT));
     assert_eq!(a.job, JobId((7 << 32) + 1));
 }
 
@@ -264,7 +267,7 @@ fn a_burst_never_exceeds_slots() {
     let mut placed = 0;
     let mut local = 0;
     for _ in 0..10 {
-        match answer(farm.allocate(now, &request())) {
+        match answer(farm.allocate(now, &request(), TEST_CLIENT)) {
             AllocateResponse::Assigned(_) => placed += 1,
             AllocateResponse::RunLocally(RunLocallyReason::NoFreeSlot) => local += 1,
             other => panic!("unexpected {other:?}"),
@@ -288,7 +291,7 @@ fn a_burst_spreads_across_equal_nodes() {
     let now = Instant::now();
     let mut farm = farm_with(now, &[(1, 4), (2, 4), (3, 4)]);
     let nodes: Vec<u64> = (0..6)
-        .map(|_| assigned(farm.allocate(now, &request())).node.0)
+        .map(|_| assigned(farm.allocate(now, &request(), TEST_CLIENT)).node.0)
         .collect();
     assert_eq!(nodes, [1, 2, 3, 1, 2, 3]);
 }
@@ -301,7 +304,7 @@ fn short_jobs_rotate_through_idle_nodes() {
     let mut farm = farm_with(now, &[(1, 4), (2, 4), (3, 4)]);
     let mut order = Vec::new();
     for _ in 0..7 {
-        let a = assigned(farm.allocate(now, &request()));
+        let a = assigned(farm.allocate(now, &request(), TEST_CLIENT));
         order.push(a.node.0);
         assert!(farm.job_finished(a.node, a.job, &DONE, 100));
     }
@@ -350,9 +353,9 @@ fn finishing_frees_the_slot_and_counts_the_outcome() {
     for case in cases {
         let now = Instant::now();
         let mut farm = farm_with_config(no_queue(), now, &[(1, 1)]);
-        let a = assigned(farm.allocate(now, &request()));
+        let a = assigned(farm.allocate(now, &request(), TEST_CLIENT));
         assert_eq!(
-            answer(farm.allocate(now, &request())),
+            answer(farm.allocate(now, &request(), TEST_CLIENT)),
             AllocateResponse::RunLocally(RunLocallyReason::NoFreeSlot)
         );
         assert!(farm.job_started(a.node, a.job));
@@ -367,7 +370,7 @@ fn finishing_frees_the_slot_and_counts_the_outcome() {
         );
         assert_eq!(status.nodes[0].running, 0);
         assert!(status.jobs.is_empty());
-        assigned(farm.allocate(now, &request()));
+        assigned(farm.allocate(now, &request(), TEST_CLIENT));
     }
 }
 
@@ -375,7 +378,7 @@ fn finishing_frees_the_slot_and_counts_the_outcome() {
 fn reports_about_another_nodes_job_are_ignored() {
     let now = Instant::now();
     let mut farm = farm_with(now, &[(1, 1), (2, 1)]);
-    let a = assigned(farm.allocate(now, &request()));
+    let a = assigned(farm.allocate(now, &request(), TEST_CLIENT));
     let other = if a.node == NodeId(1) {
         NodeId(2)
     } else {
@@ -393,8 +396,8 @@ fn reports_about_another_nodes_job_are_ignored() {
 fn unclaimed_assignments_expire_and_free_their_slots() {
     let t0 = Instant::now();
     let mut farm = farm_with(t0, &[(1, 2)]);
-    let claimed = assigned(farm.allocate(t0, &request()));
-    let unclaimed = assigned(farm.allocate(t0 + Duration::from_secs(1), &request()));
+    let claimed = assigned(farm.allocate(t0, &request(), TEST_CLIENT));
+    let unclaimed = assigned(farm.allocate(t0 + Duration::from_secs(1), &request(), TEST_CLIENT));
     assert!(farm.job_started(claimed.node, claimed.job));
 
     assert_eq!(farm.expire(t0 + Duration::from_secs(30)), []);
@@ -415,7 +418,7 @@ fn unclaimed_assignments_expire_and_free_their_slots() {
     assert!(!farm.job_started(unclaimed.node, unclaimed.job));
     // A started job never expires, however long it runs.
     assert_eq!(farm.expire(t0 + Duration::from_secs(3600)), []);
-    assigned(farm.allocate(later, &request()));
+    assigned(farm.allocate(later, &request(), TEST_CLIENT));
 }
 
 #[test]
@@ -475,7 +478,7 @@ fn removing_a_node_abandons_its_jobs_and_stops_placement_there() {
     let t0 = Instant::now();
     let mut farm = farm_with(t0, &[(1, 2), (2, 8)]);
     let jobs: Vec<Assignment> = (0..3)
-        .map(|_| assigned(farm.allocate(t0, &request())))
+        .map(|_| assigned(farm.allocate(t0, &request(), TEST_CLIENT)))
         .collect();
     let on_1: Vec<JobId> = jobs
         .iter()
@@ -500,7 +503,10 @@ fn removing_a_node_abandons_its_jobs_and_stops_placement_there() {
     assert_eq!(farm.status(later).totals.succeeded, 0);
     // Node 1 had the most free share; now it is gone, nothing goes there.
     for _ in 0..6 {
-        assert_eq!(assigned(farm.allocate(later, &request())).node, NodeId(2));
+        assert_eq!(
+            assigned(farm.allocate(later, &request(), TEST_CLIENT)).node,
+            NodeId(2)
+        );
     }
     check_invariants(&farm);
 }
@@ -509,13 +515,18 @@ fn removing_a_node_abandons_its_jobs_and_stops_placement_there() {
 fn ticket_mac_verifies_only_with_the_nodes_key() {
     let now = Instant::now();
     let mut farm = farm_with(now, &[(1, 1), (2, 1)]);
-    let a = assigned(farm.allocate(now, &request()));
+    let a = assigned(farm.allocate(now, &request(), TEST_CLIENT));
     assert_eq!(a.ticket.job, a.job);
     assert_eq!(a.ticket.node, a.node);
     assert_eq!(a.ticket.toolchain, TC);
+    assert_eq!(a.ticket.client, TEST_CLIENT);
 
     let mac_under = |k: [u8; 32], t: &Ticket| {
-        *blake3::keyed_hash(&k, &Ticket::signed_bytes(t.job, t.node, t.toolchain)).as_bytes()
+        *blake3::keyed_hash(
+            &k,
+            &Ticket::signed_bytes(t.job, t.node, t.toolchain, t.client),
+        )
+        .as_bytes()
     };
     let own = key(a.node.0);
     let other = key(if a.node.0 == 1 { 2 } else { 1 });
@@ -526,6 +537,22 @@ fn ticket_mac_verifies_only_with_the_nodes_key() {
         ..a.ticket
     };
     assert_ne!(mac_under(own, &forged), a.ticket.mac);
+    // A ticket handed to another client does not verify for it.
+    let stolen = Ticket {
+        client: CertFingerprint([0xc2; 32]),
+        ..a.ticket
+    };
+    assert_ne!(mac_under(own, &stolen), a.ticket.mac);
+    // A queued request keeps its certificate until it is granted.
+    farm.allocate(now, &request(), TEST_CLIENT);
+    let queued = farm.allocate(now, &request(), CertFingerprint([0xc3; 32]));
+    assert!(matches!(queued, Decision::Queued { .. }), "{queued:?}");
+    assert!(farm.release(a.job));
+    let granted = farm.dispatch(now);
+    let AllocateResponse::Assigned(b) = &granted[0].response else {
+        panic!("{granted:?}")
+    };
+    assert_eq!(b.ticket.client, CertFingerprint([0xc3; 32]));
 }
 
 #[test]
@@ -535,7 +562,10 @@ fn toolchain_ready_is_recorded_and_preferred() {
     assert!(farm.toolchain_ready(NodeId(2), TC));
     assert!(!farm.toolchain_ready(NodeId(9), TC));
     assert_eq!(farm.status(now).nodes[1].toolchains, [TC]);
-    assert_eq!(assigned(farm.allocate(now, &request())).node, NodeId(2));
+    assert_eq!(
+        assigned(farm.allocate(now, &request(), TEST_CLIENT)).node,
+        NodeId(2)
+    );
 }
 
 #[test]
@@ -548,7 +578,10 @@ fn an_evicted_toolchain_is_no_longer_counted_as_held() {
     assert!(!farm.toolchain_evicted(NodeId(9), TC));
     assert_eq!(farm.status(now).nodes[1].toolchains, [OTHER_TC]);
     // Neither node holds TC now: the tie goes to the lower id.
-    assert_eq!(assigned(farm.allocate(now, &request())).node, NodeId(1));
+    assert_eq!(
+        assigned(farm.allocate(now, &request(), TEST_CLIENT)).node,
+        NodeId(1)
+    );
 }
 
 #[test]
@@ -562,10 +595,13 @@ fn a_node_that_rejected_a_toolchain_gets_no_job_of_it() {
     assert!(farm.status(now).nodes[0].toolchains.is_empty());
     // Every job of TC goes to node 2, even once it is busier.
     for _ in 0..4 {
-        assert_eq!(assigned(farm.allocate(now, &request())).node, NodeId(2));
+        assert_eq!(
+            assigned(farm.allocate(now, &request(), TEST_CLIENT)).node,
+            NodeId(2)
+        );
     }
     // Node 2 is full: TC waits, since node 1 will never take it...
-    let (waiter, _) = queued(farm.allocate(now, &request()));
+    let (waiter, _) = queued(farm.allocate(now, &request(), TEST_CLIENT));
     // ...while other toolchains still go to node 1.
     let other = AllocateRequest {
         toolchain: OTHER_TC,
@@ -573,7 +609,10 @@ fn a_node_that_rejected_a_toolchain_gets_no_job_of_it() {
     };
     assert!(farm.dispatch(now).is_empty());
     farm.cancel(waiter);
-    assert_eq!(assigned(farm.allocate(now, &other)).node, NodeId(1));
+    assert_eq!(
+        assigned(farm.allocate(now, &other, TEST_CLIENT)).node,
+        NodeId(1)
+    );
     check_invariants(&farm);
 }
 
@@ -581,8 +620,8 @@ fn a_node_that_rejected_a_toolchain_gets_no_job_of_it() {
 fn a_waiter_only_a_rejecting_node_could_serve_is_answered_at_once() {
     let now = Instant::now();
     let mut farm = farm_with(now, &[(1, 1)]);
-    assigned(farm.allocate(now, &request()));
-    let (waiter, _) = queued(farm.allocate(now, &request()));
+    assigned(farm.allocate(now, &request(), TEST_CLIENT));
+    let (waiter, _) = queued(farm.allocate(now, &request(), TEST_CLIENT));
     farm.toolchain_rejected(NodeId(1), TC);
     let replies = farm.dispatch(now);
     assert_eq!(
@@ -593,7 +632,7 @@ fn a_waiter_only_a_rejecting_node_could_serve_is_answered_at_once() {
         }]
     );
     assert_eq!(
-        answer(farm.allocate(now, &request())),
+        answer(farm.allocate(now, &request(), TEST_CLIENT)),
         AllocateResponse::RunLocally(RunLocallyReason::NoEligibleNode)
     );
 }
@@ -607,18 +646,21 @@ fn a_rejection_ends_with_a_new_copy_or_the_node_holding_the_toolchain() {
     // The same copy stored again (another client's upload) changes nothing.
     farm.toolchain_stored(TC, 1000);
     assert!(matches!(
-        answer(farm.allocate(now, &request())),
+        answer(farm.allocate(now, &request(), TEST_CLIENT)),
         AllocateResponse::RunLocally(RunLocallyReason::NoEligibleNode)
     ));
     // The scheduler found its copy corrupt and forgot it: clients upload.
     farm.toolchain_forgotten(TC);
     assert_eq!(
-        answer(farm.allocate(now, &request())),
+        answer(farm.allocate(now, &request(), TEST_CLIENT)),
         AllocateResponse::NeedToolchain
     );
     // A new copy lifts the rejection.
     farm.toolchain_stored(TC, 1000);
-    assert_eq!(assigned(farm.allocate(now, &request())).node, NodeId(1));
+    assert_eq!(
+        assigned(farm.allocate(now, &request(), TEST_CLIENT)).node,
+        NodeId(1)
+    );
     // So does the node reporting the toolchain ready.
     farm.toolchain_rejected(NodeId(1), OTHER_TC);
     farm.toolchain_ready(NodeId(1), OTHER_TC);
@@ -626,7 +668,10 @@ fn a_rejection_ends_with_a_new_copy_or_the_node_holding_the_toolchain() {
         toolchain: OTHER_TC,
         ..request()
     };
-    assert_eq!(assigned(farm.allocate(now, &other)).node, NodeId(1));
+    assert_eq!(
+        assigned(farm.allocate(now, &other, TEST_CLIENT)).node,
+        NodeId(1)
+    );
 }
 
 #[test]
@@ -636,7 +681,7 @@ fn status_says_when_each_toolchain_was_last_placed_and_who_holds_it() {
     farm.toolchain_stored(OTHER_TC, 2000);
     farm.toolchain_ready(NodeId(1), TC);
     farm.toolchain_ready(NodeId(3), TC);
-    assigned(farm.allocate(t0, &request()));
+    assigned(farm.allocate(t0, &request(), TEST_CLIENT));
     let status = farm.status(t0 + 1500 * MS);
     let by_id: BTreeMap<ToolchainId, &ToolchainStatus> =
         status.toolchains.iter().map(|t| (t.id, t)).collect();
@@ -657,18 +702,21 @@ fn load_reports_steer_placement_until_they_go_stale() {
     // Node 1 scores 1 × (1 − 0.75) = 0.25: node 2 takes jobs until its own
     // free share falls to 2/8, then the tie goes to the never-used node 1.
     let nodes: Vec<u64> = (0..7)
-        .map(|_| assigned(farm.allocate(t0, &request())).node.0)
+        .map(|_| assigned(farm.allocate(t0, &request(), TEST_CLIENT)).node.0)
         .collect();
     assert_eq!(nodes, [2, 2, 2, 2, 2, 2, 1]);
 
     // Still fresh at the age limit: 7/8 × 0.25 = 0.22 loses to 2/8.
     let at_limit = t0 + LOAD_MAX_AGE;
-    let a = assigned(farm.allocate(at_limit, &request()));
+    let a = assigned(farm.allocate(at_limit, &request(), TEST_CLIENT));
     assert_eq!(a.node, NodeId(2));
     assert!(farm.release(a.job));
     // Just past it the report no longer counts: 7/8 beats 2/8.
     let stale = at_limit + MS;
-    assert_eq!(assigned(farm.allocate(stale, &request())).node, NodeId(1));
+    assert_eq!(
+        assigned(farm.allocate(stale, &request(), TEST_CLIENT)).node,
+        NodeId(1)
+    );
 
     // The latest report shows in the status, stale or not.
     let status = farm.status(stale);
@@ -682,11 +730,11 @@ fn exclusions_and_short_nodes_make_requests_run_locally_at_once() {
     let now = Instant::now();
     let mut farm = farm_with(now, &[(1, 4), (2, 4)]);
     assert_eq!(
-        answer(farm.allocate(now, &excluding(&[2, 1, 2]))),
+        answer(farm.allocate(now, &excluding(&[2, 1, 2]), TEST_CLIENT)),
         AllocateResponse::RunLocally(RunLocallyReason::NoEligibleNode)
     );
     assert_eq!(
-        assigned(farm.allocate(now, &excluding(&[1]))).node,
+        assigned(farm.allocate(now, &excluding(&[1]), TEST_CLIENT)).node,
         NodeId(2)
     );
 
@@ -698,18 +746,21 @@ fn exclusions_and_short_nodes_make_requests_run_locally_at_once() {
     };
     assert!(farm.node_load(NodeId(2), short, now));
     assert_eq!(
-        answer(farm.allocate(now, &excluding(&[1]))),
+        answer(farm.allocate(now, &excluding(&[1]), TEST_CLIENT)),
         AllocateResponse::RunLocally(RunLocallyReason::NoEligibleNode)
     );
     for _ in 0..4 {
-        assert_eq!(assigned(farm.allocate(now, &request())).node, NodeId(1));
+        assert_eq!(
+            assigned(farm.allocate(now, &request(), TEST_CLIENT)).node,
+            NodeId(1)
+        );
     }
     assert_eq!(farm.status(now).totals.run_locally, 2);
     check_invariants(&farm);
 
     // Node 1 is full but could take the job later, so the request waits;
     // node 2 reporting free disk again is what lets it through.
-    let (waiter, _) = queued(farm.allocate(now, &request()));
+    let (waiter, _) = queued(farm.allocate(now, &request(), TEST_CLIENT));
     assert_eq!(farm.dispatch(now), []);
     assert!(farm.node_load(NodeId(2), report(4, 0, 0), now));
     assert_eq!(granted(farm.dispatch(now)), (waiter, NodeId(2)));
@@ -720,8 +771,8 @@ fn exclusions_and_short_nodes_make_requests_run_locally_at_once() {
 fn a_waiter_gets_a_freed_slot_or_runs_locally_at_its_deadline() {
     let t0 = Instant::now();
     let mut farm = farm_with(t0, &[(1, 1)]);
-    let first = assigned(farm.allocate(t0, &request()));
-    let (waiter, deadline) = queued(farm.allocate(t0, &request()));
+    let first = assigned(farm.allocate(t0, &request(), TEST_CLIENT));
+    let (waiter, deadline) = queued(farm.allocate(t0, &request(), TEST_CLIENT));
     assert_eq!(deadline, t0 + QUEUE_TIMEOUT);
     let status = farm.status(t0);
     assert_eq!((status.waiting, status.totals.queued), (1, 1));
@@ -738,7 +789,7 @@ fn a_waiter_gets_a_freed_slot_or_runs_locally_at_its_deadline() {
 
     // The next waiter's slot frees only at its deadline, which is too late:
     // it is told to compile locally and the slot stays free.
-    let (late, deadline) = queued(farm.allocate(t1, &request()));
+    let (late, deadline) = queued(farm.allocate(t1, &request(), TEST_CLIENT));
     assert_eq!(farm.dispatch(deadline - MS), []);
     let job = farm.nodes[&NodeId(1)].jobs.first().copied().unwrap();
     assert!(farm.job_finished(NodeId(1), job, &DONE, 10));
@@ -762,9 +813,9 @@ fn a_waiter_gets_a_freed_slot_or_runs_locally_at_its_deadline() {
 fn waiters_can_be_cancelled_or_timed_out_by_the_caller() {
     let now = Instant::now();
     let mut farm = farm_with(now, &[(1, 1)]);
-    let a = assigned(farm.allocate(now, &request()));
-    let (gone, _) = queued(farm.allocate(now, &request()));
-    let (timed, _) = queued(farm.allocate(now, &request()));
+    let a = assigned(farm.allocate(now, &request(), TEST_CLIENT));
+    let (gone, _) = queued(farm.allocate(now, &request(), TEST_CLIENT));
+    let (timed, _) = queued(farm.allocate(now, &request(), TEST_CLIENT));
     assert!(farm.cancel(gone));
     assert!(!farm.cancel(gone), "a waiter is cancelled once");
     assert_eq!(
@@ -784,8 +835,8 @@ fn waiters_can_be_cancelled_or_timed_out_by_the_caller() {
     assert_eq!(running(&farm, 1), 0);
 
     // A grant that was dispatched cannot be cancelled any more.
-    let b = assigned(farm.allocate(now, &request()));
-    let (w, _) = queued(farm.allocate(now, &request()));
+    let b = assigned(farm.allocate(now, &request(), TEST_CLIENT));
+    let (w, _) = queued(farm.allocate(now, &request(), TEST_CLIENT));
     assert!(farm.job_finished(b.node, b.job, &DONE, 10));
     assert_eq!(granted(farm.dispatch(now)), (w, NodeId(1)));
     assert!(!farm.cancel(w));
@@ -798,12 +849,12 @@ fn freed_slots_go_to_the_build_with_the_fewest_jobs_in_flight() {
     let mut farm = farm_with(t0, &[(1, 4)]);
     // Build a fills the node and queues two more; build b queues two later.
     let a_jobs: Vec<Assignment> = (0..4)
-        .map(|_| assigned(farm.allocate(t0, &request_in("a"))))
+        .map(|_| assigned(farm.allocate(t0, &request_in("a"), TEST_CLIENT)))
         .collect();
-    let (a1, _) = queued(farm.allocate(t0, &request_in("a")));
-    let (a2, _) = queued(farm.allocate(t0, &request_in("a")));
-    let (b1, _) = queued(farm.allocate(t0 + MS, &request_in("b")));
-    let (b2, _) = queued(farm.allocate(t0 + MS, &request_in("b")));
+    let (a1, _) = queued(farm.allocate(t0, &request_in("a"), TEST_CLIENT));
+    let (a2, _) = queued(farm.allocate(t0, &request_in("a"), TEST_CLIENT));
+    let (b1, _) = queued(farm.allocate(t0 + MS, &request_in("b"), TEST_CLIENT));
+    let (b2, _) = queued(farm.allocate(t0 + MS, &request_in("b"), TEST_CLIENT));
     assert_eq!(farm.dispatch(t0 + MS), []);
 
     let finish_and_dispatch = |farm: &mut Farm, job: &Assignment| {
@@ -827,10 +878,10 @@ fn freed_slots_go_to_the_build_with_the_fewest_jobs_in_flight() {
 fn equal_builds_are_served_in_arrival_order() {
     let t0 = Instant::now();
     let mut farm = farm_with(t0, &[(1, 2)]);
-    assigned(farm.allocate(t0, &request_in("x")));
-    assigned(farm.allocate(t0, &request_in("y")));
-    let (y1, _) = queued(farm.allocate(t0, &request_in("y")));
-    let (x1, _) = queued(farm.allocate(t0, &request_in("x")));
+    assigned(farm.allocate(t0, &request_in("x"), TEST_CLIENT));
+    assigned(farm.allocate(t0, &request_in("y"), TEST_CLIENT));
+    let (y1, _) = queued(farm.allocate(t0, &request_in("y"), TEST_CLIENT));
+    let (x1, _) = queued(farm.allocate(t0, &request_in("x"), TEST_CLIENT));
     // A node joins with two slots. Both builds hold one job and y's waiter
     // came first, so it goes first; then x holds fewer.
     farm.register_node(t0, &registration(2, 2, vec![]), peer(), key(2))
@@ -844,12 +895,12 @@ fn equal_builds_are_served_in_arrival_order() {
 fn new_requests_queue_behind_waiters() {
     let t0 = Instant::now();
     let mut farm = farm_with(t0, &[(1, 1)]);
-    let a = assigned(farm.allocate(t0, &request_in("x")));
-    let (w1, _) = queued(farm.allocate(t0, &request_in("y")));
+    let a = assigned(farm.allocate(t0, &request_in("x"), TEST_CLIENT));
+    let (w1, _) = queued(farm.allocate(t0, &request_in("y"), TEST_CLIENT));
     // The slot frees, but before a dispatch hands it out a new request
     // comes: it queues rather than jumping ahead of w1.
     assert!(farm.job_finished(a.node, a.job, &DONE, 10));
-    let (w2, _) = queued(farm.allocate(t0, &request_in("z")));
+    let (w2, _) = queued(farm.allocate(t0, &request_in("z"), TEST_CLIENT));
     assert_eq!(granted(farm.dispatch(t0)), (w1, NodeId(1)));
     assert_eq!(farm.waiting(), 1);
     assert!(farm.cancel(w2));
@@ -860,10 +911,10 @@ fn new_requests_queue_behind_waiters() {
 fn waiters_no_node_can_take_are_answered_at_once() {
     let t0 = Instant::now();
     let mut farm = farm_with(t0, &[(1, 1), (2, 1)]);
-    assigned(farm.allocate(t0, &request()));
-    assigned(farm.allocate(t0, &request()));
-    let (only_1, _) = queued(farm.allocate(t0, &excluding(&[2])));
-    let (any, _) = queued(farm.allocate(t0, &request()));
+    assigned(farm.allocate(t0, &request(), TEST_CLIENT));
+    assigned(farm.allocate(t0, &request(), TEST_CLIENT));
+    let (only_1, _) = queued(farm.allocate(t0, &excluding(&[2]), TEST_CLIENT));
+    let (any, _) = queued(farm.allocate(t0, &request(), TEST_CLIENT));
     assert_eq!(farm.dispatch(t0), []);
 
     // Node 1 dies: the waiter that excluded node 2 has nowhere to go.
@@ -891,7 +942,7 @@ fn waiters_no_node_can_take_are_answered_at_once() {
 
     // The last node leaves while someone waits.
     assert!(farm.node_load(NodeId(2), report(4, 0, 0), t0));
-    let (last, _) = queued(farm.allocate(t0, &request()));
+    let (last, _) = queued(farm.allocate(t0, &request(), TEST_CLIENT));
     farm.remove_node(t0, NodeId(2)).unwrap();
     assert_eq!(
         farm.dispatch(t0),
@@ -919,8 +970,8 @@ fn status_reports_load_speed_waiting_and_the_farm_name() {
     farm.register_node(now, &reg, peer(), key(1)).unwrap();
     let load = report(16, 250, 400);
     assert!(farm.node_load(NodeId(1), load, now));
-    assigned(farm.allocate(now, &request()));
-    queued(farm.allocate(now, &request()));
+    assigned(farm.allocate(now, &request(), TEST_CLIENT));
+    queued(farm.allocate(now, &request(), TEST_CLIENT));
     let status = farm.status(now);
     assert_eq!(status.farm, "lab");
     assert_eq!(status.waiting, 1);
@@ -943,7 +994,7 @@ fn run_on(farm: &mut Farm, node: u64, krate: &str, outcome: JobOutcome, wall_ms:
         exclude: others,
         ..request()
     };
-    let a = assigned(farm.allocate(Instant::now(), &req));
+    let a = assigned(farm.allocate(Instant::now(), &req, TEST_CLIENT));
     assert_eq!(a.node, NodeId(node));
     assert!(farm.job_started(a.node, a.job));
     assert!(farm.job_finished(a.node, a.job, &outcome, wall_ms));
@@ -1012,7 +1063,10 @@ fn speed_is_learned_from_successful_compiles_on_warm_nodes() {
     assert_speeds(&farm, &[1.16, 1.52, 1.2]);
 
     // Speed counts in placement: node 2 wins among idle holders.
-    assert_eq!(assigned(farm.allocate(now, &request())).node, NodeId(2));
+    assert_eq!(
+        assigned(farm.allocate(now, &request(), TEST_CLIENT)).node,
+        NodeId(2)
+    );
 }
 
 #[test]
@@ -1080,7 +1134,7 @@ fn random_operations_never_overcommit_a_node() {
         match rng.below(10) {
             // Allocate more often than finish, so the farm fills up and the
             // slot limit and the queue are actually exercised.
-            0..=5 => match farm.allocate(now, &request()) {
+            0..=5 => match farm.allocate(now, &request(), TEST_CLIENT) {
                 Decision::Answer(AllocateResponse::Assigned(a)) => {
                     if rng.below(4) != 0 {
                         assert!(farm.job_started(a.node, a.job));
@@ -1275,7 +1329,7 @@ impl Sim {
             exclude: Vec::new(),
         };
         let least_busy = self.farm.nodes.values().map(Node::running).min().unwrap();
-        match self.farm.allocate(self.now, &req) {
+        match self.farm.allocate(self.now, &req, TEST_CLIENT) {
             Decision::Answer(AllocateResponse::Assigned(a)) => {
                 // Every node holds the toolchain and reports no load, so
                 // only free share and speed decide: the chosen node c beat
@@ -1659,7 +1713,7 @@ fn simulation_faster_nodes_get_more_work() {
 fn job_reports_fill_a_bounded_history_of_recent_jobs() {
     let t0 = Instant::now();
     let mut farm = farm_with(t0, &[(1, 4)]);
-    let a = assigned(farm.allocate(t0, &request()));
+    let a = assigned(farm.allocate(t0, &request(), TEST_CLIENT));
     let report = |bytes_in| JobReport {
         outcome: DONE,
         wall_ms: 700,
@@ -1683,7 +1737,7 @@ fn job_reports_fill_a_bounded_history_of_recent_jobs() {
     assert_eq!(status.totals.succeeded, 1);
 
     for i in 0..RECENT_JOBS as u64 + 10 {
-        let a = assigned(farm.allocate(t0, &request()));
+        let a = assigned(farm.allocate(t0, &request(), TEST_CLIENT));
         assert!(farm.job_report(t0, a.node, a.job, report(i)));
     }
     let recent = farm.status(t0).recent;

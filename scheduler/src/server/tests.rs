@@ -5,25 +5,28 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use distcc_rs_net::{EndpointOptions, Identity, PeerAuth, bind_client, bind_server, connect};
+use distcc_rs_net::{EndpointOptions, FarmTrust, PeerAuth, bind_client, bind_server, connect};
 use distcc_rs_net::{FrameReader, FrameWriter, open_stream, payload};
 use distcc_rs_proto::message::{
     AllocateRequest, AllocateResponse, BundleError, FarmStatus, FetchResponse, JobOutcome,
     NodeEvent, NodeLoad, NodeRegistration, RegisterRefusal, RegisterResponse, RunLocallyReason,
     SchedulerRequest, UploadResponse,
 };
-use distcc_rs_proto::{JobId, NodeId, Ticket, ToolchainId};
+use distcc_rs_proto::{JobId, NodeId, PeerRole, Ticket, ToolchainId};
 use quinn::Connection;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::*;
+use crate::authority::Security;
 use crate::fixture;
 
 /// A scheduler running on loopback, stopped by dropping or sending on `stop`.
 struct Running {
     addr: SocketAddr,
+    /// Mints the certificates of fake members.
+    authority: Arc<crate::authority::Authority>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), SchedulerError>>,
 }
@@ -33,20 +36,26 @@ fn start(state_dir: &std::path::Path) -> Running {
 }
 
 fn start_with(config: SchedulerConfig) -> Running {
-    let identity = Identity::self_signed("scheduler-test").unwrap();
+    let opened = Security::open(&config.state_dir, "scheduler-test").unwrap();
     let endpoint = bind_server(
         "127.0.0.1:0".parse().unwrap(),
-        &identity,
-        &PeerAuth::Unauthenticated,
+        &opened.identity,
+        &opened.auth,
         &EndpointOptions::default(),
     )
     .unwrap();
     let addr = endpoint.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(run(endpoint, config, async move {
+    let authority = opened.security.authority.clone();
+    let task = tokio::spawn(run(endpoint, config, opened.security, async move {
         let _ = stopped.await;
     }));
-    Running { addr, stop, task }
+    Running {
+        addr,
+        authority,
+        stop,
+        task,
+    }
 }
 
 impl Running {
@@ -56,11 +65,17 @@ impl Running {
     }
 }
 
-/// A fresh connection to the scheduler, from its own endpoint.
-async fn dial(addr: SocketAddr) -> Connection {
+/// A fresh connection to the scheduler, from its own endpoint, with a
+/// certificate of `role` from the scheduler's CA.
+async fn dial(scheduler: &Running, role: PeerRole) -> Connection {
     let opts = EndpointOptions::default();
-    let endpoint = bind_client(addr, None, &PeerAuth::Unauthenticated, &opts).unwrap();
-    connect(&endpoint, addr, &opts).await.unwrap()
+    let ca = scheduler.authority.ca();
+    let identity = ca.issue_identity(role, "test", 1000).unwrap();
+    let auth = PeerAuth::Farm(FarmTrust::new(ca.cert_der().clone()));
+    let endpoint = bind_client(scheduler.addr, Some(&identity), &auth, &opts).unwrap();
+    connect(&endpoint, scheduler.addr, PeerRole::Scheduler, &opts)
+        .await
+        .unwrap()
 }
 
 /// One request, one answer, on a new stream.
@@ -97,8 +112,11 @@ async fn upload_announcing(
     r.recv().await.unwrap()
 }
 
-async fn fetch(conn: &Connection, id: ToolchainId) -> Option<Vec<u8>> {
-    let (mut w, mut r) = open_stream(conn).await.unwrap();
+/// Fetches a bundle as a node does, on a node's connection of its own
+/// (only nodes may fetch).
+async fn fetch(scheduler: &Running, id: ToolchainId) -> Option<Vec<u8>> {
+    let conn = dial(scheduler, PeerRole::Node).await;
+    let (mut w, mut r) = open_stream(&conn).await.unwrap();
     w.send(&SchedulerRequest::FetchToolchain(id)).await.unwrap();
     w.finish().unwrap();
     match r.recv().await.unwrap() {
@@ -169,7 +187,7 @@ fn allocate_request(toolchain: ToolchainId) -> SchedulerRequest {
 async fn a_node_and_a_client_go_through_a_whole_job() {
     let state = tempfile::tempdir().unwrap();
     let scheduler = start(state.path());
-    let client = dial(scheduler.addr).await;
+    let client = dial(&scheduler, PeerRole::Client).await;
 
     // Nobody is there yet: compile locally, and upload nothing.
     let (id, bundle) = fixture::bundle("server-test");
@@ -181,19 +199,19 @@ async fn a_node_and_a_client_go_through_a_whole_job() {
 
     // Upload, fetch back byte for byte, and check that a lie is caught.
     assert_eq!(upload(&client, id, &bundle).await, UploadResponse::Stored);
-    assert_eq!(fetch(&client, id).await.as_deref(), Some(&bundle[..]));
+    assert_eq!(fetch(&scheduler, id).await.as_deref(), Some(&bundle[..]));
     let (unknown, _) = fixture::bundle("never-uploaded");
-    assert_eq!(fetch(&client, unknown).await, None);
+    assert_eq!(fetch(&scheduler, unknown).await, None);
     match upload(&client, unknown, &bundle).await {
         UploadResponse::Rejected(BundleError::HashMismatch { expected, actual }) => {
             assert_eq!((expected, actual), (unknown, id));
         }
         other => panic!("expected a hash mismatch, got {other:?}"),
     }
-    assert_eq!(fetch(&client, unknown).await, None);
+    assert_eq!(fetch(&scheduler, unknown).await, None);
 
     // A node joins and stays; a second registration under its id is refused.
-    let node = dial(scheduler.addr).await;
+    let node = dial(&scheduler, PeerRole::Node).await;
     let (response, mut control, _control_r) = register(&node, registration(7)).await;
     let RegisterResponse::Registered { ticket_key } = response else {
         panic!("registration failed: {response:?}");
@@ -224,7 +242,7 @@ async fn a_node_and_a_client_go_through_a_whole_job() {
     );
     let mac = blake3::keyed_hash(
         &ticket_key,
-        &Ticket::signed_bytes(t.job, t.node, t.toolchain),
+        &Ticket::signed_bytes(t.job, t.node, t.toolchain, t.client),
     );
     assert_eq!(*mac.as_bytes(), t.mac, "the node can check its tickets");
 
@@ -276,7 +294,7 @@ async fn stored_bundles_survive_a_restart() {
     let (id, bundle) = fixture::bundle("restart");
 
     let scheduler = start(state.path());
-    let client = dial(scheduler.addr).await;
+    let client = dial(&scheduler, PeerRole::Client).await;
     assert_eq!(upload(&client, id, &bundle).await, UploadResponse::Stored);
     // A second upload of the same bundle is harmless.
     assert_eq!(upload(&client, id, &bundle).await, UploadResponse::Stored);
@@ -284,11 +302,11 @@ async fn stored_bundles_survive_a_restart() {
     scheduler.shut_down().await;
 
     let scheduler = start(state.path());
-    let client = dial(scheduler.addr).await;
+    let client = dial(&scheduler, PeerRole::Client).await;
     let status: FarmStatus = ask(&client, &SchedulerRequest::Status).await;
     assert_eq!(status.toolchains.len(), 1);
     assert_eq!(status.toolchains[0].id, id);
-    assert_eq!(fetch(&client, id).await.as_deref(), Some(&bundle[..]));
+    assert_eq!(fetch(&scheduler, id).await.as_deref(), Some(&bundle[..]));
     client.close(0u32.into(), b"done");
     scheduler.shut_down().await;
 }
@@ -300,7 +318,7 @@ async fn oversized_uploads_are_refused() {
         max_bundle_size: 64,
         ..SchedulerConfig::new(state.path())
     });
-    let client = dial(scheduler.addr).await;
+    let client = dial(&scheduler, PeerRole::Client).await;
     let (id, bundle) = fixture::bundle("big");
     assert!(bundle.len() > 64);
     let size = bundle.len() as u64;
@@ -316,7 +334,7 @@ async fn oversized_uploads_are_refused() {
     }
     let status: FarmStatus = ask(&client, &SchedulerRequest::Status).await;
     assert!(status.toolchains.is_empty());
-    assert_eq!(fetch(&client, id).await, None);
+    assert_eq!(fetch(&scheduler, id).await, None);
     client.close(0u32.into(), b"done");
     scheduler.shut_down().await;
 }
@@ -325,7 +343,7 @@ async fn oversized_uploads_are_refused() {
 async fn shutdown_closes_node_connections_and_returns() {
     let state = tempfile::tempdir().unwrap();
     let scheduler = start(state.path());
-    let node = dial(scheduler.addr).await;
+    let node = dial(&scheduler, PeerRole::Node).await;
     let (response, _w, mut r) = register(&node, registration(1)).await;
     assert!(matches!(response, RegisterResponse::Registered { .. }));
     scheduler.shut_down().await;
@@ -351,10 +369,10 @@ async fn full_farm(state: &std::path::Path, queue_timeout: Duration) -> FullFarm
     let mut config = SchedulerConfig::new(state);
     config.farm.queue_timeout = queue_timeout;
     let scheduler = start_with(config);
-    let client = dial(scheduler.addr).await;
+    let client = dial(&scheduler, PeerRole::Client).await;
     let (id, bundle) = fixture::bundle("queue");
     assert_eq!(upload(&client, id, &bundle).await, UploadResponse::Stored);
-    let node = dial(scheduler.addr).await;
+    let node = dial(&scheduler, PeerRole::Node).await;
     let one_slot = NodeRegistration {
         slots: 1,
         ..registration(3)
@@ -388,7 +406,7 @@ async fn a_request_waits_for_a_busy_slot_and_gets_it_when_it_frees() {
     } = full_farm(state.path(), Duration::from_secs(30)).await;
 
     let waiting = {
-        let conn = dial(scheduler.addr).await;
+        let conn = dial(&scheduler, PeerRole::Client).await;
         tokio::spawn(async move {
             let answer: AllocateResponse = ask(&conn, &allocate_request(id)).await;
             conn.close(0u32.into(), b"done");
@@ -473,7 +491,7 @@ async fn a_client_that_leaves_while_waiting_gets_no_slot() {
         first,
     } = full_farm(state.path(), Duration::from_secs(30)).await;
 
-    let leaving = dial(scheduler.addr).await;
+    let leaving = dial(&scheduler, PeerRole::Client).await;
     let (mut w, _r) = open_stream(&leaving).await.unwrap();
     w.send(&allocate_request(id)).await.unwrap();
     w.finish().unwrap();
@@ -505,10 +523,10 @@ async fn a_client_that_leaves_while_waiting_gets_no_slot() {
 async fn load_reports_show_in_the_status_and_keep_jobs_off_short_nodes() {
     let state = tempfile::tempdir().unwrap();
     let scheduler = start(state.path());
-    let client = dial(scheduler.addr).await;
+    let client = dial(&scheduler, PeerRole::Client).await;
     let (id, bundle) = fixture::bundle("load");
     assert_eq!(upload(&client, id, &bundle).await, UploadResponse::Stored);
-    let node = dial(scheduler.addr).await;
+    let node = dial(&scheduler, PeerRole::Node).await;
     let (response, mut control, _control_r) = register(&node, registration(4)).await;
     assert!(matches!(response, RegisterResponse::Registered { .. }));
 
@@ -559,14 +577,14 @@ async fn load_reports_show_in_the_status_and_keep_jobs_off_short_nodes() {
 async fn evictions_and_rejections_from_nodes_steer_placement_and_bundle_checks() {
     let state = tempfile::tempdir().unwrap();
     let scheduler = start(state.path());
-    let client = dial(scheduler.addr).await;
+    let client = dial(&scheduler, PeerRole::Client).await;
     let (a, bundle_a) = fixture::bundle("rejected-a");
     let (b, bundle_b) = fixture::bundle("rejected-b");
     assert_eq!(upload(&client, a, &bundle_a).await, UploadResponse::Stored);
     assert_eq!(upload(&client, b, &bundle_b).await, UploadResponse::Stored);
-    let node7 = dial(scheduler.addr).await;
+    let node7 = dial(&scheduler, PeerRole::Node).await;
     let (_, mut control7, _r7) = register(&node7, registration(7)).await;
-    let node8 = dial(scheduler.addr).await;
+    let node8 = dial(&scheduler, PeerRole::Node).await;
     let (_, mut control8, _r8) = register(&node8, registration(8)).await;
     let holders = |s: &FarmStatus, id: ToolchainId| {
         s.toolchains.iter().find(|t| t.id == id).map(|t| t.holders)
@@ -669,14 +687,14 @@ async fn toolchains_are_listed_and_removed_unless_in_use() {
     use distcc_rs_proto::message::{RemoveResponse, ToolchainHolder};
     let state = tempfile::tempdir().unwrap();
     let scheduler = start(state.path());
-    let client = dial(scheduler.addr).await;
+    let client = dial(&scheduler, PeerRole::Client).await;
     let (a, bundle_a) = fixture::bundle("list-a");
     let (b, bundle_b) = fixture::bundle("list-b");
     assert_eq!(upload(&client, a, &bundle_a).await, UploadResponse::Stored);
     assert_eq!(upload(&client, b, &bundle_b).await, UploadResponse::Stored);
 
     // A node that holds `a` unpacked, running a job of it.
-    let node = dial(scheduler.addr).await;
+    let node = dial(&scheduler, PeerRole::Node).await;
     let (response, _control, _control_r) = register(
         &node,
         NodeRegistration {
@@ -746,7 +764,7 @@ async fn toolchains_are_listed_and_removed_unless_in_use() {
     assert_eq!(answer, AllocateResponse::NeedToolchain);
     let status: FarmStatus = ask(&client, &SchedulerRequest::Status).await;
     assert!(status.toolchains.is_empty());
-    assert_eq!(fetch(&client, a).await, None);
+    assert_eq!(fetch(&scheduler, a).await, None);
     assert!(list_toolchains(&client).await.toolchains.is_empty());
     client.close(0u32.into(), b"done");
     scheduler.shut_down().await;
@@ -771,8 +789,8 @@ async fn uploads_evict_the_least_recently_used_and_never_a_bundle_in_use() {
         max_store_size: limit,
         ..SchedulerConfig::new(state.path())
     });
-    let client = dial(scheduler.addr).await;
-    let node = dial(scheduler.addr).await;
+    let client = dial(&scheduler, PeerRole::Client).await;
+    let node = dial(&scheduler, PeerRole::Node).await;
     let (response, mut control, _control_r) = register(&node, registration(5)).await;
     assert!(matches!(response, RegisterResponse::Registered { .. }));
 
@@ -846,10 +864,213 @@ async fn uploads_evict_the_least_recently_used_and_never_a_bundle_in_use() {
         max_store_size: limit / 2,
         ..SchedulerConfig::new(state.path())
     });
-    let client = dial(scheduler.addr).await;
+    let client = dial(&scheduler, PeerRole::Client).await;
     assert_eq!(ids(&list_toolchains(&client).await), [d]);
     let status: FarmStatus = ask(&client, &SchedulerRequest::Status).await;
     assert_eq!(status.toolchains.len(), 1);
     client.close(0u32.into(), b"done");
     scheduler.shut_down().await;
+}
+
+mod membership {
+    //! Enrollment, roles and revocation against a real scheduler.
+
+    use distcc_rs_net::credentials::{Credentials, CredentialsError, enroll};
+    use distcc_rs_proto::auth::{EnrollRefusal, close};
+
+    use super::*;
+
+    async fn connect_with(scheduler: &Running, credentials: &Credentials) -> Connection {
+        try_connect_with(scheduler, credentials).await.unwrap()
+    }
+
+    async fn try_connect_with(
+        scheduler: &Running,
+        credentials: &Credentials,
+    ) -> Result<Connection, NetError> {
+        let opts = EndpointOptions::default();
+        let endpoint = bind_client(
+            scheduler.addr,
+            Some(&credentials.identity),
+            &credentials.auth(),
+            &opts,
+        )
+        .unwrap();
+        let conn = connect(&endpoint, scheduler.addr, PeerRole::Scheduler, &opts).await?;
+        // TLS 1.3 lets the client finish its handshake before the server
+        // has checked its certificate; a round trip settles it.
+        let (mut w, mut r) = open_stream(&conn).await?;
+        w.send(&SchedulerRequest::Status).await?;
+        w.finish()?;
+        match r.recv::<FarmStatus>().await {
+            Ok(_) => Ok(conn),
+            Err(_) => Err(distcc_rs_net::endpoint::explain(
+                conn.closed().await,
+                scheduler.addr,
+                PROTOCOL_VERSION,
+            )),
+        }
+    }
+
+    /// Sends `request` on `conn` and returns how the scheduler refused it.
+    async fn refusal(conn: &Connection, addr: SocketAddr, request: &SchedulerRequest) -> String {
+        let (mut w, mut r) = open_stream(conn).await.unwrap();
+        w.send(request).await.unwrap();
+        w.finish().unwrap();
+        assert!(
+            r.recv::<FarmStatus>().await.is_err(),
+            "the request was served"
+        );
+        let closed = conn.closed().await;
+        let quinn::ConnectionError::ApplicationClosed(ref why) = closed else {
+            panic!("{closed:?}")
+        };
+        assert_eq!(u64::from(why.error_code), u64::from(close::NOT_PERMITTED));
+        let err = distcc_rs_net::endpoint::explain(closed, addr, PROTOCOL_VERSION);
+        assert!(matches!(err, NetError::Refused { .. }), "{err}");
+        err.to_string()
+    }
+
+    #[tokio::test]
+    async fn members_enroll_with_the_token_and_act_only_in_their_role() {
+        let state = tempfile::tempdir().unwrap();
+        let scheduler = start(state.path());
+        let token = scheduler.authority.token().unwrap();
+
+        let client = enroll(scheduler.addr, &token, PeerRole::Client, "alice@h")
+            .await
+            .unwrap();
+        assert_eq!(client.role(), Some(PeerRole::Client));
+        let node = enroll(scheduler.addr, &token, PeerRole::Node, "n1")
+            .await
+            .unwrap();
+        let listed = scheduler.authority.list().unwrap();
+        assert!(listed.iter().any(|m| m.name == "alice@h"));
+
+        // A wrong token enrolls nobody.
+        let wrong = distcc_rs_proto::JoinToken {
+            secret: [7; 16],
+            ..token
+        };
+        let err = enroll(scheduler.addr, &wrong, PeerRole::Client, "mallory")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CredentialsError::Refused {
+                    refusal: EnrollRefusal::BadToken,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("distcc-rs-scheduler token"),
+            "{err}"
+        );
+
+        // A client certificate cannot register as a node.
+        let conn = connect_with(&scheduler, &client).await;
+        let register = SchedulerRequest::RegisterNode(NodeRegistration {
+            node: NodeId(5),
+            farm: "default".into(),
+            name: "sneaky".into(),
+            job_port: 1,
+            advertise: None,
+            slots: 4,
+            toolchains: vec![],
+        });
+        let why = refusal(&conn, scheduler.addr, &register).await;
+        assert!(
+            why.contains("a node registration needs a node certificate and this peer's is a client certificate"),
+            "{why}"
+        );
+
+        // A node certificate cannot submit jobs.
+        let conn = connect_with(&scheduler, &node).await;
+        let why = refusal(
+            &conn,
+            scheduler.addr,
+            &allocate_request(ToolchainId(distcc_rs_proto::Digest([1; 32]))),
+        )
+        .await;
+        assert!(
+            why.contains("an allocation needs a client certificate")
+                || why.contains("a allocation needs a client certificate"),
+            "{why}"
+        );
+
+        // Without a certificate, only enrollment is served.
+        let opts = EndpointOptions::default();
+        let anonymous = bind_client(
+            scheduler.addr,
+            None,
+            &PeerAuth::Enroll { pin: token.ca_pin },
+            &opts,
+        )
+        .unwrap();
+        let conn = connect(&anonymous, scheduler.addr, PeerRole::Scheduler, &opts)
+            .await
+            .unwrap();
+        let why = refusal(&conn, scheduler.addr, &SchedulerRequest::Status).await;
+        assert!(why.contains("presented none"), "{why}");
+
+        // The nobody in the status: the sneaky node never joined.
+        let conn = connect_with(&scheduler, &client).await;
+        let status: FarmStatus = ask(&conn, &SchedulerRequest::Status).await;
+        assert!(status.nodes.is_empty());
+        scheduler.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn a_revoked_member_is_cut_off_and_refused() {
+        let state = tempfile::tempdir().unwrap();
+        let scheduler = start(state.path());
+        let token = scheduler.authority.token().unwrap();
+        let alice = enroll(scheduler.addr, &token, PeerRole::Client, "alice")
+            .await
+            .unwrap();
+        let bob = enroll(scheduler.addr, &token, PeerRole::Client, "bob")
+            .await
+            .unwrap();
+        let alice_conn = connect_with(&scheduler, &alice).await;
+        let bob_conn = connect_with(&scheduler, &bob).await;
+
+        // As `distcc-rs-scheduler revoke alice` does, from another process.
+        let (admin, _) = crate::authority::Authority::open_or_create(state.path()).unwrap();
+        assert_eq!(admin.revoke("alice").unwrap().len(), 1);
+
+        // The open connection is closed within a reload tick or two...
+        let closed = tokio::time::timeout(Duration::from_secs(10), alice_conn.closed())
+            .await
+            .expect("the revoked member's connection is closed");
+        let err = distcc_rs_net::endpoint::explain(closed, scheduler.addr, PROTOCOL_VERSION);
+        assert!(err.to_string().contains("revoked"), "{err}");
+        // ...a new one is refused during the handshake...
+        let err = try_connect_with(&scheduler, &alice).await.unwrap_err();
+        assert!(
+            matches!(err, NetError::RefusedUs { alert: 44, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("revoked by the farm's admin"),
+            "{err}"
+        );
+        // ...and everyone else carries on.
+        let status: FarmStatus = ask(&bob_conn, &SchedulerRequest::Status).await;
+        assert!(status.nodes.is_empty());
+        connect_with(&scheduler, &bob).await;
+
+        // A rotated token enrolls nobody with the old one.
+        let rotated = scheduler.authority.rotate_token().unwrap();
+        let err = enroll(scheduler.addr, &token, PeerRole::Client, "carol")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no longer"), "{err}");
+        enroll(scheduler.addr, &rotated, PeerRole::Client, "carol")
+            .await
+            .unwrap();
+        scheduler.shut_down().await;
+    }
 }
