@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use distcc_rs_net::config_file::client::{self as file, ClientFile, SETTINGS, Setting};
 use distcc_rs_net::config_file::{Origin, comment};
+use distcc_rs_proto::JoinToken;
 use distcc_rs_proto::discovery::{DEFAULT_FARM, validate_farm_name};
 
 /// Environment variable names, in one place for the docs and the tests.
@@ -32,6 +33,13 @@ pub mod vars {
     /// Set to `0` or `false` to never look for the scheduler over mDNS;
     /// without `DISTCC_RS_SCHEDULER` everything then compiles locally.
     pub const MDNS: &str = "DISTCC_RS_MDNS";
+    /// The farm's join token, used once to enroll when no certificate is
+    /// saved in the identity directory.
+    pub const JOIN_TOKEN: &str = "DISTCC_RS_JOIN_TOKEN";
+    /// Where the client's farm certificate, key and CA certificate are
+    /// kept (default `$XDG_CONFIG_HOME/distcc-rs/identity/<netname>`, else
+    /// `~/.config/distcc-rs/identity/<netname>`).
+    pub const IDENTITY_DIR: &str = "DISTCC_RS_IDENTITY_DIR";
     /// Where the client keeps its toolchain bundle cache.
     pub const CACHE_DIR: &str = "DISTCC_RS_CACHE_DIR";
     /// A file to append one JSON line per invocation to.
@@ -68,6 +76,12 @@ pub struct ClientConfig {
     /// Whether the scheduler may be looked for over mDNS when no scheduler
     /// is given.
     pub mdns: bool,
+    /// The join token, or why the one given is not a token (the message
+    /// never holds the token's secret).
+    pub join_token: Option<Result<JoinToken, String>>,
+    /// The credentials directory, or why there is none (no setting, and
+    /// neither `XDG_CONFIG_HOME` nor `HOME` to find the default under).
+    pub identity_dir: Result<PathBuf, String>,
     /// The log filter; the client logs nothing without one.
     pub log: Option<String>,
     pub log_file: PathBuf,
@@ -132,6 +146,33 @@ impl ClientConfig {
                 .map(|()| name.clone())
                 .map_err(|e| format!("{}: {e}", assignment(vars::NETNAME, name, origin))),
         };
+        let join_token = values.get(vars::JOIN_TOKEN).map(|(text, origin)| {
+            text.parse::<JoinToken>().map_err(|e| {
+                // Not `assignment`: the value is a secret.
+                let given = match (origin, file::by_var(vars::JOIN_TOKEN)) {
+                    (Origin::File(path), Some(setting)) => {
+                        format!("`{}` in {}", setting.key, path.display())
+                    }
+                    _ => vars::JOIN_TOKEN.to_owned(),
+                };
+                format!("{given}: {e}")
+            })
+        });
+        let identity_dir = match get(vars::IDENTITY_DIR) {
+            Some(dir) => Ok(PathBuf::from(dir)),
+            None => {
+                // A farm name that is not one has been reported already;
+                // its directory would not be used.
+                let farm = farm.as_deref().unwrap_or(DEFAULT_FARM);
+                file::default_identity_dir(&env, farm).ok_or_else(|| {
+                    format!(
+                        "no directory for the farm certificate: set {} (neither \
+                         XDG_CONFIG_HOME nor HOME is set)",
+                        vars::IDENTITY_DIR
+                    )
+                })
+            }
+        };
         let file_problem = loaded.as_ref().and_then(|f| {
             let problems: Vec<String> = f.problems.iter().map(ToString::to_string).collect();
             (!problems.is_empty()).then(|| problems.join("; "))
@@ -147,6 +188,8 @@ impl ClientConfig {
             pipelining: !get(vars::PIPELINING).is_some_and(|v| v == "0" || v == "false"),
             farm,
             mdns: !get(vars::MDNS).is_some_and(|v| v == "0" || v == "false"),
+            join_token,
+            identity_dir,
             log: get(vars::LOG),
             file_found: loaded.as_ref().is_some_and(|f| {
                 !matches!(
@@ -202,6 +245,7 @@ impl ClientConfig {
                 Shown::Computed(value) => {
                     format!("# {key} = {value}  # default, worked out on each run\n")
                 }
+                Shown::Secret => format!("# {key}: set, not shown  # {origin}\n"),
                 Shown::Unset => format!("# {key}: not set (default)\n"),
             };
         }
@@ -222,6 +266,13 @@ impl ClientConfig {
             )),
             vars::CACHE_DIR if given.is_none() => Shown::Computed(path(&self.cache_dir)),
             vars::LOG_FILE if given.is_none() => Shown::Computed(path(&self.log_file)),
+            // The token lets anyone join the farm, and this output gets
+            // pasted into bug reports.
+            vars::JOIN_TOKEN if given.is_some() => Shown::Secret,
+            vars::IDENTITY_DIR if given.is_none() => match &self.identity_dir {
+                Ok(dir) => Shown::Computed(path(dir)),
+                Err(_) => Shown::Unset,
+            },
             vars::LOCAL_SLOTS => match given {
                 Some(v) => Shown::Set(v.parse().map_or(Value::String(v), Value::Integer)),
                 None => {
@@ -239,6 +290,8 @@ enum Shown {
     Set(toml::Value),
     /// A default worked out from the environment or the machine.
     Computed(toml::Value),
+    /// Given, but not to be printed.
+    Secret,
     Unset,
 }
 
@@ -341,7 +394,14 @@ mod tests {
     const EVERY_KEY: &str = "scheduler = \"10.0.0.1:7700\"\nnetname = \"lab\"\nmdns = false\n\
                              cache_dir = \"/file/cache\"\nevents = \"/file/events\"\n\
                              disable = true\npipelining = false\nlocal_slots = 3\n\
-                             log = \"debug\"\nlog_file = \"/file/log\"\n";
+                             log = \"debug\"\nlog_file = \"/file/log\"\n\
+                             identity_dir = \"/file/identity\"\n\
+                             join_token = \"drs1-0123456789abcdef0123456789abcdef-\
+                             fedcba9876543210fedcba9876543210\"\n";
+
+    /// The join token of [`EVERY_KEY`].
+    const FILE_TOKEN: &str =
+        "drs1-0123456789abcdef0123456789abcdef-fedcba9876543210fedcba9876543210";
 
     #[test]
     fn the_configuration_file_gives_every_setting() {
@@ -358,6 +418,8 @@ mod tests {
         assert_eq!(c.setting(vars::LOCAL_SLOTS), Some("3"));
         assert_eq!(c.log.as_deref(), Some("debug"));
         assert_eq!(c.log_file, PathBuf::from("/file/log"));
+        assert_eq!(c.identity_dir, Ok(PathBuf::from("/file/identity")));
+        assert_eq!(c.join_token, Some(Ok(FILE_TOKEN.parse().unwrap())));
         assert!(c.file_found);
     }
 
@@ -390,6 +452,102 @@ mod tests {
         assert_eq!(c.setting(vars::LOCAL_SLOTS), Some("5"));
         assert_eq!(c.events, Some(PathBuf::from("/file/events")));
         assert_eq!(c.cache_dir, PathBuf::from("/file/cache"));
+    }
+
+    #[test]
+    fn the_join_token_and_identity_directory_settings() {
+        const ENV_TOKEN: &str =
+            "drs1-00000000000000000000000000000000-11111111111111111111111111111111";
+        // Defaults: no token; the directory is per farm, under
+        // XDG_CONFIG_HOME, else HOME.
+        let c = ClientConfig::from_lookup(env(&[("HOME", "/home/u")]));
+        assert_eq!(c.join_token, None);
+        assert_eq!(
+            c.identity_dir,
+            Ok(PathBuf::from("/home/u/.config/distcc-rs/identity/default"))
+        );
+        let c = ClientConfig::from_lookup(env(&[
+            ("HOME", "/home/u"),
+            ("XDG_CONFIG_HOME", "/xdg"),
+            ("DISTCC_RS_NETNAME", "lab"),
+        ]));
+        assert_eq!(
+            c.identity_dir,
+            Ok(PathBuf::from("/xdg/distcc-rs/identity/lab"))
+        );
+        let c = ClientConfig::from_lookup(env(&[]));
+        assert!(
+            c.identity_dir
+                .as_ref()
+                .unwrap_err()
+                .contains("DISTCC_RS_IDENTITY_DIR"),
+            "{:?}",
+            c.identity_dir
+        );
+
+        // The environment overrides the file; empty counts as unset.
+        let (_dir, path) = config_file(EVERY_KEY);
+        let c = ClientConfig::from_lookup(env(&[
+            ("DISTCC_RS_CONFIG", &path),
+            ("DISTCC_RS_JOIN_TOKEN", ENV_TOKEN),
+            ("DISTCC_RS_IDENTITY_DIR", "/env/identity"),
+        ]));
+        assert_eq!(c.join_token, Some(Ok(ENV_TOKEN.parse().unwrap())));
+        assert_eq!(c.identity_dir, Ok(PathBuf::from("/env/identity")));
+        let c = ClientConfig::from_lookup(env(&[
+            ("DISTCC_RS_CONFIG", &path),
+            ("DISTCC_RS_JOIN_TOKEN", ""),
+            ("DISTCC_RS_IDENTITY_DIR", ""),
+        ]));
+        assert_eq!(c.join_token, Some(Ok(FILE_TOKEN.parse().unwrap())));
+        assert_eq!(c.identity_dir, Ok(PathBuf::from("/file/identity")));
+
+        // A malformed token says where it came from, but not what it is.
+        let secretish = "drs1-0123-SECRETSECRET";
+        let c = ClientConfig::from_lookup(env(&[("DISTCC_RS_JOIN_TOKEN", secretish)]));
+        let bad = c.join_token.unwrap().unwrap_err();
+        assert!(
+            bad.starts_with("DISTCC_RS_JOIN_TOKEN: not a join token"),
+            "{bad}"
+        );
+        assert!(!bad.contains("SECRET"), "{bad}");
+        let (_dir, bad_file) = config_file("join_token = \"drs1-SECRETSECRET\"\n");
+        let bad = ClientConfig::from_lookup(env(&[("DISTCC_RS_CONFIG", &bad_file)]))
+            .join_token
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            bad.starts_with(&format!("`join_token` in {bad_file}: not a join token")),
+            "{bad}"
+        );
+        assert!(!bad.contains("SECRET"), "{bad}");
+
+        // `distcc-rs config` says a token is set, but not which.
+        let c = ClientConfig::from_lookup(env(&[("DISTCC_RS_CONFIG", &path)]));
+        let printed = c.render();
+        assert!(!printed.contains(&FILE_TOKEN[5..]), "{printed}");
+        assert!(
+            printed.contains(&format!("\n# join_token: set, not shown  # file {path}\n")),
+            "{printed}"
+        );
+        assert!(
+            printed.contains(&format!(
+                "\nidentity_dir = \"/file/identity\"  # file {path}\n"
+            )),
+            "{printed}"
+        );
+        let defaults = ClientConfig::from_lookup(env(&[("HOME", "/home/u")])).render();
+        assert!(
+            defaults.contains(
+                "\n# identity_dir = \"/home/u/.config/distcc-rs/identity/default\"  # default, \
+                 worked out on each run\n"
+            ),
+            "{defaults}"
+        );
+        assert!(
+            defaults.contains("\n# join_token: not set (default)\n"),
+            "{defaults}"
+        );
     }
 
     #[test]
@@ -504,10 +662,12 @@ mod tests {
             vars::DISABLE,
             vars::PIPELINING,
             vars::LOCAL_SLOTS,
+            vars::JOIN_TOKEN,
+            vars::IDENTITY_DIR,
         ] {
             assert!(file::by_var(var).is_some(), "{var}");
         }
-        assert_eq!(SETTINGS.len(), 10);
+        assert_eq!(SETTINGS.len(), 12);
     }
 
     #[test]

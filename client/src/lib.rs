@@ -11,6 +11,8 @@
 //! * [`package`]: the package directory shipped for proc-macros that read files.
 //! * [`config`]: settings from the environment.
 //! * [`discovery`]: finding the scheduler over mDNS, with an on-disk cache.
+//! * [`membership`]: the client's farm certificate, enrolling with the join
+//!   token, and `distcc-rs join`.
 //! * [`hashcache`]: input digests remembered across compiles.
 //! * [`remote`]: one job on the farm, from pre-pass to written outputs.
 //! * [`local`]: running rustc here, untouched or after a failed farm attempt.
@@ -32,6 +34,7 @@ pub mod events;
 pub mod hashcache;
 pub mod inputs;
 pub mod local;
+pub mod membership;
 pub mod monitor;
 pub mod outputs;
 pub mod package;

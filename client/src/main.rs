@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use distcc_rs::config::ClientConfig;
+use distcc_rs::membership::{self, Membership};
 
 /// Compiles Rust crates on a distcc-rs farm.
 ///
@@ -17,13 +18,20 @@ use distcc_rs::config::ClientConfig;
 ///     cargo build
 ///
 /// The client finds the scheduler of its farm over mDNS, or uses
-/// DISTCC_RS_SCHEDULER=host:7700 where multicast does not reach.
+/// DISTCC_RS_SCHEDULER=host:7700 where multicast does not reach. It needs a
+/// farm certificate: run `distcc-rs join TOKEN` once with the farm's join
+/// token (`distcc-rs-scheduler token` prints it), or set
+/// DISTCC_RS_JOIN_TOKEN and the first compile enrolls. Without either,
+/// everything compiles locally.
 /// Library crates compile on the farm; binaries, proc-macros, build scripts
 /// and incremental compiles run locally, and so does anything the farm
 /// cannot do at the moment. Settings: DISTCC_RS_SCHEDULER (host:port; unset,
 /// the scheduler is looked for over mDNS and remembered for a minute),
 /// DISTCC_RS_NETNAME (the farm to look for, default `default`),
-/// DISTCC_RS_MDNS=0 (never look over mDNS),
+/// DISTCC_RS_MDNS=0 (never look over mDNS), DISTCC_RS_JOIN_TOKEN (enroll
+/// with this token when no certificate is saved), DISTCC_RS_IDENTITY_DIR
+/// (where the certificate is kept; default
+/// ~/.config/distcc-rs/identity/<netname>),
 /// DISTCC_RS_CACHE_DIR (toolchain bundles and input digests), DISTCC_RS_EVENTS
 /// (a JSON line per compile), DISTCC_RS_LOG (log filter, e.g. `debug`) with
 /// DISTCC_RS_LOG_FILE, DISTCC_RS_DISABLE=1 (compile everything locally),
@@ -33,8 +41,8 @@ use distcc_rs::config::ClientConfig;
 /// machine, across all wrappers; default: the number of CPUs).
 /// The same settings can be given in ~/.config/distcc-rs/client.toml (or the
 /// file DISTCC_RS_CONFIG names) under shorter keys (scheduler, netname, mdns,
-/// cache_dir, events, log, log_file, disable, pipelining, local_slots); the
-/// variables override the file. `distcc-rs config` shows what is in force.
+/// join_token, identity_dir, cache_dir, events, log, log_file, disable,
+/// pipelining, local_slots); the variables override the file. `distcc-rs config` shows what is in force.
 /// See docs/CONFIG.md.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, verbatim_doc_comment)]
@@ -45,6 +53,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Enrolls this client in the farm with the farm's join token.
+    ///
+    /// Makes a key, gets a certificate for it from the scheduler and saves
+    /// both in the identity directory ($DISTCC_RS_IDENTITY_DIR, default
+    /// ~/.config/distcc-rs/identity/<netname>), where the wrapper, `status`,
+    /// `monitor` and `distcc-rs-pack` find them. Does nothing when already
+    /// enrolled in that farm.
+    Join {
+        /// The join token (`distcc-rs-scheduler token` prints it), or `-` to
+        /// read it from stdin.
+        token: String,
+        /// The scheduler's address [default: as for `status`].
+        #[arg(long)]
+        scheduler: Option<SocketAddr>,
+        /// Enroll again even when a certificate of this farm is saved.
+        #[arg(long)]
+        force: bool,
+    },
     /// Shows the scheduler, its nodes and the jobs in flight.
     Status {
         /// The scheduler's address [default: $DISTCC_RS_SCHEDULER, else the
@@ -93,7 +119,7 @@ fn main() -> ExitCode {
         !s.starts_with('-')
             && !matches!(
                 s.as_ref(),
-                "status" | "monitor" | "stats" | "config" | "help"
+                "join" | "status" | "monitor" | "stats" | "config" | "help"
             )
     });
     if is_wrapper {
@@ -114,17 +140,40 @@ fn main() -> ExitCode {
 
 fn cli(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Join {
+            token,
+            scheduler,
+            force,
+        } => {
+            let config = ClientConfig::from_env();
+            let token = membership::read_token(&token)?;
+            let joined = membership::join(&config, &token, force, || match scheduler {
+                Some(s) => Ok(s),
+                None => find_scheduler(&config),
+            })
+            .context("cannot join the farm")?;
+            print!("{}", membership::render_joined(&joined));
+            Ok(())
+        }
         Command::Status { scheduler, json } => {
+            let config = ClientConfig::from_env();
+            // Checked before the scheduler is looked for: without a
+            // certificate (or a token to get one) nothing can be asked.
+            let membership = Membership::from_config(&config)?;
+            membership.saved()?;
             let scheduler = match scheduler {
                 Some(s) => s,
-                None => find_scheduler(&ClientConfig::from_env())?,
+                None => find_scheduler(&config)?,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
             let status = rt
-                .block_on(distcc_rs::status::fetch(scheduler))
+                .block_on(async {
+                    let credentials = membership.load_or_enroll(scheduler).await?;
+                    anyhow::Ok(distcc_rs::status::fetch(scheduler, &credentials).await?)
+                })
                 .with_context(|| format!("cannot get the status from {scheduler}"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);

@@ -18,19 +18,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use distcc_rs_net::{EndpointOptions, NetError, PeerAuth, open_stream, payload};
+use distcc_rs_net::credentials::Credentials;
+use distcc_rs_net::{EndpointOptions, NetError, open_stream, payload};
 use distcc_rs_pack::{Bundle, PackOptions};
-use distcc_rs_proto::Digest;
 use distcc_rs_proto::message::{
     AllocateRequest, AllocateResponse, Assignment, BlobHeader, FileEntry, JobAccept, JobError,
     JobEvent, JobRequest, NodeRequest, RunLocallyReason, SchedulerRequest, UploadResponse,
 };
+use distcc_rs_proto::{Digest, PeerRole};
 use tracing::{debug, info};
 
 use crate::argv::{self, CompileJob};
 use crate::config::ClientConfig;
 use crate::hashcache::{HashCache, Outcome};
 use crate::local::AlreadyShown;
+use crate::membership::{is_refusal, refusal};
 use crate::outputs::OutputPolicy;
 use crate::package::{self, PackageLimits};
 use crate::{depinfo, inputs};
@@ -58,6 +60,11 @@ pub enum FarmError {
     Toolchain(String),
     #[error("the scheduler at {addr} is unreachable: {reason}")]
     SchedulerUnreachable { addr: SocketAddr, reason: String },
+    /// The scheduler refused our certificate (revoked, of another farm) or
+    /// our request, or is not the farm's scheduler: nothing to retry until
+    /// the user enrolls again.
+    #[error("the farm does not admit us: {0}")]
+    NotAdmitted(NetError),
     #[error("the scheduler said to compile locally: {0}")]
     RunLocally(RunLocallyReason),
     #[error("cannot upload the toolchain: {0}")]
@@ -96,6 +103,7 @@ impl FarmError {
             | FarmError::Inputs(_)
             | FarmError::Toolchain(_)
             | FarmError::SchedulerUnreachable { .. }
+            | FarmError::NotAdmitted(_)
             | FarmError::RunLocally(_)
             | FarmError::Upload(_)
             | FarmError::WriteOutput { .. } => false,
@@ -156,13 +164,15 @@ struct Prepared {
     paths: HashMap<Digest, PathBuf>,
 }
 
-/// Compiles `job` on the farm whose scheduler is at `scheduler`. `traffic`
-/// receives what was sent and received, whether the job succeeds or not.
+/// Compiles `job` on the farm whose scheduler is at `scheduler`, as the
+/// member `credentials` make us. `traffic` receives what was sent and
+/// received, whether the job succeeds or not.
 pub fn compile(
     rustc: &Path,
     args: &[String],
     job: &CompileJob,
     scheduler: SocketAddr,
+    credentials: &Credentials,
     config: &ClientConfig,
     traffic: &mut Traffic,
 ) -> Result<Success, Failure> {
@@ -178,7 +188,16 @@ pub fn compile(
         .enable_all()
         .build()
         .map_err(|e| FarmError::Upload(format!("cannot start the async runtime: {e}")))?;
-    rt.block_on(farm(rustc, args, job, scheduler, &bundle, config, traffic))
+    rt.block_on(farm(
+        rustc,
+        args,
+        job,
+        scheduler,
+        credentials,
+        &bundle,
+        config,
+        traffic,
+    ))
 }
 
 /// Which bundle a job needs.
@@ -393,7 +412,7 @@ fn down_marker(cache_dir: &Path, scheduler: SocketAddr) -> PathBuf {
     ))
 }
 
-fn recently_down(cache_dir: &Path, scheduler: SocketAddr) -> Option<String> {
+pub(crate) fn recently_down(cache_dir: &Path, scheduler: SocketAddr) -> Option<String> {
     let meta = fs::metadata(down_marker(cache_dir, scheduler)).ok()?;
     let age = SystemTime::now()
         .duration_since(meta.modified().ok()?)
@@ -401,16 +420,18 @@ fn recently_down(cache_dir: &Path, scheduler: SocketAddr) -> Option<String> {
     (age < SCHEDULER_DOWN_BACKOFF).then(|| format!("it did not answer {} s ago", age.as_secs()))
 }
 
-fn mark_down(cache_dir: &Path, scheduler: SocketAddr) {
+pub(crate) fn mark_down(cache_dir: &Path, scheduler: SocketAddr) {
     let _ = fs::create_dir_all(cache_dir);
     let _ = fs::write(down_marker(cache_dir, scheduler), b"");
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn farm(
     rustc: &Path,
     args: &[String],
     job: &CompileJob,
     scheduler: SocketAddr,
+    credentials: &Credentials,
     bundle: &Bundle,
     config: &ClientConfig,
     traffic: &mut Traffic,
@@ -420,10 +441,19 @@ async fn farm(
         addr: scheduler,
         reason,
     };
-    let endpoint = distcc_rs_net::bind_client(scheduler, None, &PeerAuth::Unauthenticated, &opts)
-        .map_err(|e| unreachable(e.to_string()))?;
-    let conn = match distcc_rs_net::connect(&endpoint, scheduler, &opts).await {
+    let endpoint = distcc_rs_net::bind_client(
+        scheduler,
+        Some(&credentials.identity),
+        &credentials.auth(),
+        &opts,
+    )
+    .map_err(|e| unreachable(e.to_string()))?;
+    let conn = match distcc_rs_net::connect(&endpoint, scheduler, PeerRole::Scheduler, &opts).await
+    {
         Ok(c) => c,
+        // The scheduler answered, so it is not down: our certificate is the
+        // trouble (or its is), and the error says what to do.
+        Err(e) if is_refusal(&e) => return Err(FarmError::NotAdmitted(e).into()),
         Err(e) => {
             mark_down(&config.cache_dir, scheduler);
             return Err(unreachable(e.to_string()).into());
@@ -526,22 +556,22 @@ async fn allocate(
     config: &ClientConfig,
     uploaded: &mut bool,
 ) -> Result<Assignment, FarmError> {
-    let unreachable = |reason: String| FarmError::SchedulerUnreachable {
-        addr: scheduler,
-        reason,
+    // A scheduler that refuses our certificate closes the connection at
+    // the first request (TLS 1.3 lets the client finish its handshake
+    // first), and the close says why.
+    let unreachable = |e: NetError| match refusal(conn, scheduler) {
+        Some(refused) => FarmError::NotAdmitted(refused),
+        None => FarmError::SchedulerUnreachable {
+            addr: scheduler,
+            reason: e.to_string(),
+        },
     };
     loop {
-        let (mut w, mut r) = open_stream(conn)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut w, mut r) = open_stream(conn).await.map_err(unreachable)?;
         w.send(&SchedulerRequest::Allocate(request.clone()))
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        match r
-            .recv::<AllocateResponse>()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?
-        {
+            .map_err(unreachable)?;
+        match r.recv::<AllocateResponse>().await.map_err(unreachable)? {
             AllocateResponse::Assigned(a) => return Ok(a),
             AllocateResponse::RunLocally(reason) => return Err(FarmError::RunLocally(reason)),
             AllocateResponse::NeedToolchain if !*uploaded => {
@@ -743,9 +773,15 @@ async fn run_job(
     // Phase timings for the debug log: where a remote compile's time goes.
     let started = Instant::now();
     let ms = |since: Instant| format!("{:.1}", since.elapsed().as_secs_f64() * 1000.0);
-    let conn = distcc_rs_net::connect(endpoint, assignment.addr, opts)
+    let conn = distcc_rs_net::connect(endpoint, assignment.addr, PeerRole::Node, opts)
         .await
         .map_err(net)?;
+    // A node that refuses our certificate says so by closing the
+    // connection, which a failed stream shows only as a lost connection.
+    let net = |source: NetError| FarmError::Net {
+        node: node.clone(),
+        source: refusal(&conn, assignment.addr).unwrap_or(source),
+    };
     let (mut w, mut r) = open_stream(&conn).await.map_err(net)?;
     let request = JobRequest {
         ticket: assignment.ticket,
@@ -983,6 +1019,10 @@ mod tests {
             },
             FarmError::RunLocally(RunLocallyReason::NoEligibleNode),
             FarmError::Upload("rejected".into()),
+            FarmError::NotAdmitted(NetError::RefusedUs {
+                peer: "127.0.0.1:1".parse().unwrap(),
+                alert: 44,
+            }),
         ];
         for e in &retried {
             assert!(e.is_node_failure(), "{e}");

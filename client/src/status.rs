@@ -9,7 +9,9 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use distcc_rs_net::{EndpointOptions, NetError, PeerAuth, open_stream};
+use distcc_rs_net::credentials::Credentials;
+use distcc_rs_net::{EndpointOptions, NetError, open_stream};
+use distcc_rs_proto::PeerRole;
 use distcc_rs_proto::message::{FarmStatus, JobPhase, JobStatus, NodeLoad, SchedulerRequest};
 
 use crate::events::human_bytes;
@@ -29,12 +31,20 @@ pub struct StatusConnection {
 }
 
 impl StatusConnection {
-    /// Connects to the scheduler at `scheduler`.
-    pub async fn open(scheduler: SocketAddr) -> Result<StatusConnection, NetError> {
+    /// Connects to the scheduler at `scheduler` as the member
+    /// `credentials` make us.
+    pub async fn open(
+        scheduler: SocketAddr,
+        credentials: &Credentials,
+    ) -> Result<StatusConnection, NetError> {
         let opts = EndpointOptions::default();
-        let endpoint =
-            distcc_rs_net::bind_client(scheduler, None, &PeerAuth::Unauthenticated, &opts)?;
-        let conn = distcc_rs_net::connect(&endpoint, scheduler, &opts).await?;
+        let endpoint = distcc_rs_net::bind_client(
+            scheduler,
+            Some(&credentials.identity),
+            &credentials.auth(),
+            &opts,
+        )?;
+        let conn = distcc_rs_net::connect(&endpoint, scheduler, PeerRole::Scheduler, &opts).await?;
         Ok(StatusConnection {
             endpoint,
             conn,
@@ -55,6 +65,9 @@ impl StatusConnection {
                 peer: self.scheduler,
                 secs: REQUEST_TIMEOUT.as_secs(),
             })?
+            // A scheduler that refuses our certificate closes the
+            // connection at the first request, and the close says why.
+            .map_err(|e| crate::membership::refusal(&self.conn, self.scheduler).unwrap_or(e))
     }
 
     /// Closes the connection and waits until the scheduler has been told.
@@ -65,8 +78,11 @@ impl StatusConnection {
 }
 
 /// Asks the scheduler for one snapshot of the farm.
-pub async fn fetch(scheduler: SocketAddr) -> Result<FarmStatus, NetError> {
-    let conn = StatusConnection::open(scheduler).await?;
+pub async fn fetch(
+    scheduler: SocketAddr,
+    credentials: &Credentials,
+) -> Result<FarmStatus, NetError> {
+    let conn = StatusConnection::open(scheduler, credentials).await?;
     let status = conn.fetch().await;
     conn.close().await;
     status

@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Instant;
 
+use distcc_rs_net::credentials::CredentialsError;
 use tracing::{info, warn};
 
 use crate::argv::{self, Classification};
 use crate::config::ClientConfig;
 use crate::events::{self, Event, Placement};
+use crate::membership::{Membership, MembershipError};
 use crate::remote::Traffic;
 use crate::throttle::LocalSlots;
 use crate::{discovery, local, remote};
@@ -84,6 +86,36 @@ pub fn run(config: &ClientConfig, rustc: &Path, args: Vec<OsString>) -> i32 {
     };
     let name = Some(job.crate_name.clone());
     let types = job.crate_types.clone();
+    // The farm's certificate comes before the scheduler's address: without
+    // one (and without a token to enroll with) there is no point in looking
+    // for the scheduler over mDNS. Reasons to stay off the farm altogether
+    // (a broken file, DISTCC_RS_DISABLE) are named first.
+    let membership = match farm_off(config) {
+        Some(reason) => Err(reason),
+        None => Membership::from_config(config)
+            .and_then(|m| m.saved().map(|saved| (m, saved)))
+            .map_err(|e| {
+                // The wrapper may not write to stderr (cargo shows it as
+                // rustc's), so the log and the event say what to do.
+                warn!(cause = %e, "no farm certificate; compiling locally");
+                e.to_string()
+            }),
+    };
+    let (membership, saved) = match membership {
+        Ok(m) => m,
+        Err(reason) => {
+            record(
+                name,
+                types,
+                Placement::Local,
+                None,
+                Some(reason),
+                None,
+                Traffic::default(),
+            );
+            return exec_local(config, rustc, &args);
+        }
+    };
     let scheduler = resolve_scheduler(config);
     // Set when the address came from mDNS (or its cache), which must be
     // told when the address turns out not to work.
@@ -106,8 +138,37 @@ pub fn run(config: &ClientConfig, rustc: &Path, args: Vec<OsString>) -> i32 {
             return exec_local(config, rustc, &args);
         }
     };
+    let credentials = match saved {
+        Some(credentials) => credentials,
+        // A join token is configured: enroll (once for all the wrappers
+        // that start together).
+        None => match enroll(config, &membership, scheduler) {
+            Ok(credentials) => credentials,
+            Err(reason) => {
+                warn!(cause = %reason, "cannot enroll in the farm; compiling locally");
+                record(
+                    name,
+                    types,
+                    Placement::Local,
+                    None,
+                    Some(reason),
+                    None,
+                    Traffic::default(),
+                );
+                return exec_local(config, rustc, &args);
+            }
+        },
+    };
     let mut traffic = Traffic::default();
-    match remote::compile(rustc, &expanded, &job, scheduler, config, &mut traffic) {
+    match remote::compile(
+        rustc,
+        &expanded,
+        &job,
+        scheduler,
+        &credentials,
+        config,
+        &mut traffic,
+    ) {
         Ok(done) => {
             info!(crate_name = %job.crate_name, node = %done.node, code = done.exit_code, "compiled on the farm");
             // A retried job's reason is why its earlier node failed.
@@ -158,16 +219,8 @@ pub fn run(config: &ClientConfig, rustc: &Path, args: Vec<OsString>) -> i32 {
 /// the farm found over mDNS (see [`discovery`]). The error is the reason to
 /// compile locally, for the event log.
 fn resolve_scheduler(config: &ClientConfig) -> Result<SocketAddr, String> {
-    if let Some(problem) = &config.file_problem {
-        warn!(%problem, "the configuration file is broken; compiling locally");
-        return Err(format!(
-            "the configuration file is broken, so everything compiles locally: {problem}"
-        ));
-    }
-    if config.disabled {
-        return Err(
-            "disabled by DISTCC_RS_DISABLE (or `disable` in the configuration file)".to_owned(),
-        );
+    if let Some(reason) = farm_off(config) {
+        return Err(reason);
     }
     match &config.scheduler {
         Some(Ok(addr)) => Ok(*addr),
@@ -182,6 +235,70 @@ fn resolve_scheduler(config: &ClientConfig) -> Result<SocketAddr, String> {
             discovery::scheduler(&config.cache_dir, farm)
         }
     }
+}
+
+/// Enrolls with the scheduler at `scheduler` (or takes the credentials a
+/// wrapper that enrolled meanwhile saved). Wrappers that start together
+/// enroll one after the other, so a scheduler that does not answer is
+/// remembered as down, as for jobs, before the next wrapper gets its turn:
+/// the ones queued behind the first then skip the farm instead of each
+/// waiting for a connect timeout in turn.
+fn enroll(
+    config: &ClientConfig,
+    membership: &Membership,
+    scheduler: SocketAddr,
+) -> Result<distcc_rs_net::credentials::Credentials, String> {
+    // Best effort: without the lock, enrollment is still serialised (by
+    // the identity directory's lock), only not the marking of a dead
+    // scheduler.
+    let _turn = enroll_turn(&config.cache_dir);
+    if let Ok(Some(saved)) = membership.saved() {
+        return Ok(saved);
+    }
+    if let Some(reason) = remote::recently_down(&config.cache_dir, scheduler) {
+        return Err(format!(
+            "cannot enroll: the scheduler at {scheduler} is unreachable: {reason}"
+        ));
+    }
+    membership
+        .load_or_enroll_blocking(|| async move { Some(scheduler) })
+        .map_err(|e| {
+            if let MembershipError::Credentials(CredentialsError::Unreachable { .. }) = e {
+                remote::mark_down(&config.cache_dir, scheduler);
+            }
+            e.to_string()
+        })
+}
+
+/// Waits for this wrapper's turn to enroll: an exclusive lock on
+/// `enroll.lock` in the cache directory, held until the result is dropped.
+fn enroll_turn(cache_dir: &Path) -> Option<std::fs::File> {
+    std::fs::create_dir_all(cache_dir).ok()?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(cache_dir.join("enroll.lock"))
+        .ok()?;
+    file.lock().ok()?;
+    Some(file)
+}
+
+/// Why the farm is not to be used at all, whatever the scheduler and the
+/// credentials: a broken configuration file, or the farm disabled.
+fn farm_off(config: &ClientConfig) -> Option<String> {
+    if let Some(problem) = &config.file_problem {
+        warn!(%problem, "the configuration file is broken; compiling locally");
+        return Some(format!(
+            "the configuration file is broken, so everything compiles locally: {problem}"
+        ));
+    }
+    if config.disabled {
+        return Some(
+            "disabled by DISTCC_RS_DISABLE (or `disable` in the configuration file)".to_owned(),
+        );
+    }
+    None
 }
 
 fn exec_local(config: &ClientConfig, rustc: &Path, args: &[OsString]) -> i32 {

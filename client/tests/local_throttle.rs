@@ -11,6 +11,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use distcc_rs_net::credentials::Credentials;
+use distcc_rs_net::pki::TestFarm;
+use distcc_rs_proto::PeerRole;
+
 /// The fake compiler. It is named `rustc` inside a `bin` directory, like a
 /// real one, but has no sysroot: asked for one (the farm path does that
 /// before placing a job), it fails, which sends the job to local rustc.
@@ -47,6 +51,15 @@ fn setup() -> Setup {
     fs::write(root.join("src/main.rs"), "fn main() {}\n").unwrap();
     fs::write(root.join("src/lib.rs"), "pub fn f() {}\n").unwrap();
     fs::create_dir_all(root.join("target")).unwrap();
+    // A farm certificate, so that libraries take the farm path (and fall
+    // back) rather than compiling locally for want of one.
+    let farm = TestFarm::new();
+    Credentials {
+        ca: farm.ca.cert_der().clone(),
+        identity: farm.member(PeerRole::Client).0,
+    }
+    .save(&root.join("identity"))
+    .unwrap();
     Setup {
         log: root.join("rustc.log"),
         events: root.join("events.jsonl"),
@@ -104,6 +117,7 @@ fn spawn_wrapper(s: &Setup, cache_dir: &Path, args: &[String]) -> Child {
         .env("DISTCC_RS_CACHE_DIR", cache_dir)
         .env("DISTCC_RS_LOCAL_SLOTS", "2")
         .env("DISTCC_RS_EVENTS", &s.events)
+        .env("DISTCC_RS_IDENTITY_DIR", s.root.join("identity"))
         // Never reached: packing the fake toolchain fails first. Set so that
         // libraries take the farm path and fall back, rather than skipping
         // the farm for want of a scheduler.

@@ -14,12 +14,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
-use distcc_rs_net::{EndpointOptions, Identity, PeerAuth, accept_stream, bind_server, payload};
+use distcc_rs_net::credentials::Credentials;
+use distcc_rs_net::pki::TestFarm;
+use distcc_rs_net::{
+    EndpointOptions, PeerAuth, Revocations, accept_stream, bind_server, payload, peer_certificate,
+};
 use distcc_rs_proto::message::{
     AllocateRequest, AllocateResponse, Assignment, JobAccept, JobError, JobEvent, NodeRequest,
     OutputHeader, RunLocallyReason, SchedulerRequest,
 };
-use distcc_rs_proto::{JobId, NodeId, Ticket};
+use distcc_rs_proto::{CertFingerprint, JobId, NodeId, PeerRole, Ticket};
 
 const SOURCE: &str = "pub fn f() -> u32 {\n    let unused = 1;\n    2\n}\n";
 
@@ -141,8 +145,20 @@ impl Project {
         Reference { stderr, outputs }
     }
 
-    /// Runs the wrapper once against the scheduler at `scheduler`.
-    fn wrapper(&self, scheduler: SocketAddr) -> Output {
+    /// Runs the wrapper once against the scripted farm, as the client
+    /// whose credentials it saved.
+    fn wrapper(&self, farm: &Farm) -> Output {
+        self.wrapper_with(farm.scheduler, farm.identity.path(), &[])
+    }
+
+    /// Runs the wrapper once against the scheduler at `scheduler`, with the
+    /// credentials in `identity` (if any) and the extra variables `vars`.
+    fn wrapper_with(
+        &self,
+        scheduler: SocketAddr,
+        identity: &Path,
+        vars: &[(&str, &str)],
+    ) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_distcc-rs"));
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("DISTCC_RS_") {
@@ -155,6 +171,8 @@ impl Project {
             .env("DISTCC_RS_SCHEDULER", scheduler.to_string())
             .env("DISTCC_RS_CACHE_DIR", shared_cache_dir())
             .env("DISTCC_RS_EVENTS", &self.events)
+            .env("DISTCC_RS_IDENTITY_DIR", identity)
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .output()
             .unwrap()
@@ -209,16 +227,44 @@ fn is_rmeta_note(line: &[u8]) -> bool {
     text.contains(r#""$message_type":"artifact""#) && text.contains(r#""emit":"metadata""#)
 }
 
-/// A scripted scheduler and its nodes, served from a background runtime.
+/// A scripted scheduler and its nodes, served from a background runtime,
+/// with certificates of a farm CA of their own, and a client's credentials
+/// of the same farm saved for the wrapper.
 struct Farm {
     _rt: tokio::runtime::Runtime,
     scheduler: SocketAddr,
     nodes: Vec<(NodeId, String)>,
     seen: Arc<Mutex<Seen>>,
+    /// The client's saved credentials.
+    identity: tempfile::TempDir,
 }
 
 impl Farm {
     fn start(reference: &Reference, nodes: Vec<Behaviour>, answers: Vec<Answer>) -> Farm {
+        Farm::start_revoking(reference, nodes, answers, false)
+    }
+
+    /// [`Farm::start`], with a scheduler that has revoked the client's
+    /// certificate when `revoke_client` is set.
+    fn start_revoking(
+        reference: &Reference,
+        nodes: Vec<Behaviour>,
+        answers: Vec<Answer>,
+        revoke_client: bool,
+    ) -> Farm {
+        let pki = TestFarm::new();
+        let client = pki.member(PeerRole::Client).0;
+        let revoked = Revocations::default();
+        if revoke_client {
+            revoked.replace([distcc_rs_net::pki::fingerprint(&client.cert_chain[0])].into());
+        }
+        let identity = tempfile::tempdir().unwrap();
+        Credentials {
+            ca: pki.ca.cert_der().clone(),
+            identity: client,
+        }
+        .save(identity.path())
+        .unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -229,7 +275,7 @@ impl Farm {
         let mut addrs = Vec::new();
         let mut names = Vec::new();
         for (i, behaviour) in nodes.into_iter().enumerate() {
-            let endpoint = server();
+            let endpoint = server(&pki, PeerRole::Node, Revocations::default());
             addrs.push(endpoint.local_addr().unwrap());
             names.push((NodeId(1000 + i as u64), format!("n{}", i + 1)));
             rt.spawn(node(
@@ -240,7 +286,7 @@ impl Farm {
                 seen.clone(),
             ));
         }
-        let endpoint = server();
+        let endpoint = server(&pki, PeerRole::Scheduler, revoked);
         let scheduler = endpoint.local_addr().unwrap();
         let placements: Vec<_> = names
             .iter()
@@ -254,6 +300,7 @@ impl Farm {
             scheduler,
             nodes: names,
             seen,
+            identity,
         }
     }
 
@@ -262,12 +309,17 @@ impl Farm {
     }
 }
 
-fn server() -> quinn::Endpoint {
-    let identity = Identity::self_signed("distcc-rs").unwrap();
+/// A daemon's endpoint with a certificate of `pki` for `role`, refusing the
+/// certificates in `revoked`.
+fn server(pki: &TestFarm, role: PeerRole, revoked: Revocations) -> quinn::Endpoint {
+    let (identity, mut auth) = pki.member(role);
+    if let PeerAuth::Farm(trust) = &mut auth {
+        trust.revoked = revoked;
+    }
     bind_server(
         "127.0.0.1:0".parse().unwrap(),
         &identity,
-        &PeerAuth::Unauthenticated,
+        &auth,
         &EndpointOptions::default(),
     )
     .unwrap()
@@ -282,6 +334,11 @@ async fn scheduler_task(
     let answers = Arc::new(Mutex::new(VecDeque::from(answers)));
     while let Some(incoming) = endpoint.accept().await {
         let Ok(conn) = incoming.await else { continue };
+        // Tickets are bound to the client's certificate; the scripted nodes
+        // do not check them.
+        let client = peer_certificate(&conn)
+            .map(|c| c.fingerprint)
+            .unwrap_or(CertFingerprint([0; 32]));
         let (answers, nodes, seen) = (answers.clone(), nodes.clone(), seen.clone());
         tokio::spawn(async move {
             // One stream at a time, in the order the client opened them, so
@@ -307,6 +364,7 @@ async fn scheduler_task(
                                         job,
                                         node,
                                         toolchain: request.toolchain,
+                                        client,
                                         mac: [0; 32],
                                     },
                                 })
@@ -473,7 +531,7 @@ fn a_job_whose_node_dies_is_retried_on_another_node() {
         ],
         vec![Answer::Node(0), Answer::Node(1)],
     );
-    let out = project.wrapper(farm.scheduler);
+    let out = project.wrapper(&farm);
 
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
@@ -530,7 +588,7 @@ fn a_job_that_fails_on_three_nodes_compiles_locally() {
             Answer::Node(3),
         ],
     );
-    let out = project.wrapper(farm.scheduler);
+    let out = project.wrapper(&farm);
 
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
@@ -564,7 +622,7 @@ fn a_compile_error_is_not_retried() {
         vec![Behaviour::CompileError, Behaviour::Completes],
         vec![Answer::Node(0), Answer::Node(1)],
     );
-    let out = project.wrapper(farm.scheduler);
+    let out = project.wrapper(&farm);
 
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
@@ -590,7 +648,7 @@ fn a_retry_with_no_other_node_compiles_locally() {
             Answer::RunLocally(RunLocallyReason::NoEligibleNode),
         ],
     );
-    let out = project.wrapper(farm.scheduler);
+    let out = project.wrapper(&farm);
 
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
@@ -609,4 +667,127 @@ fn a_retry_with_no_other_node_compiles_locally() {
         "{event}"
     );
     assert_eq!(farm.seen.lock().unwrap().allocations.len(), 2);
+}
+
+/// What plain rustc would have left: the same stderr byte for byte, no
+/// stdout, the same outputs, exit code 0.
+fn assert_as_plain_rustc(project: &Project, reference: &Reference, out: &Output) {
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&reference.stderr.concat())
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert_eq!(project.outputs(), reference.outputs);
+}
+
+#[test]
+fn without_a_certificate_or_a_token_the_job_compiles_locally_and_says_how_to_enroll() {
+    let project = Project::new();
+    let reference = project.reference();
+    let farm = Farm::start(
+        &reference,
+        vec![Behaviour::Completes],
+        vec![Answer::Node(0)],
+    );
+    let nothing_saved = tempfile::tempdir().unwrap();
+    let out = project.wrapper_with(farm.scheduler, nothing_saved.path(), &[]);
+
+    assert_as_plain_rustc(&project, &reference, &out);
+    let event = project.event();
+    assert_eq!(event["where"], "local", "{event}");
+    let reason = event["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("not enrolled in the farm")
+            && reason.contains(nothing_saved.path().to_str().unwrap())
+            && reason.contains("distcc-rs join TOKEN")
+            && reason.contains("DISTCC_RS_JOIN_TOKEN"),
+        "{event}"
+    );
+    // The farm was never asked.
+    assert!(farm.seen.lock().unwrap().allocations.is_empty());
+}
+
+#[test]
+fn a_malformed_join_token_compiles_locally_without_showing_the_token() {
+    let project = Project::new();
+    let reference = project.reference();
+    let farm = Farm::start(
+        &reference,
+        vec![Behaviour::Completes],
+        vec![Answer::Node(0)],
+    );
+    let nothing_saved = tempfile::tempdir().unwrap();
+    let out = project.wrapper_with(
+        farm.scheduler,
+        nothing_saved.path(),
+        &[("DISTCC_RS_JOIN_TOKEN", "drs1-SECRETSECRET")],
+    );
+
+    assert_as_plain_rustc(&project, &reference, &out);
+    let event = project.event();
+    assert_eq!(event["where"], "local", "{event}");
+    let reason = event["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("DISTCC_RS_JOIN_TOKEN: not a join token") && !reason.contains("SECRET"),
+        "{event}"
+    );
+    assert!(farm.seen.lock().unwrap().allocations.is_empty());
+}
+
+#[test]
+fn a_revoked_certificate_compiles_locally_and_says_so() {
+    let project = Project::new();
+    let reference = project.reference();
+    let farm = Farm::start_revoking(
+        &reference,
+        vec![Behaviour::Completes],
+        vec![Answer::Node(0)],
+        true,
+    );
+    let out = project.wrapper(&farm);
+
+    assert_as_plain_rustc(&project, &reference, &out);
+    let event = project.event();
+    assert_eq!(event["where"], "fallback", "{event}");
+    let reason = event["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("the farm does not admit us")
+            && reason.contains("our certificate has been revoked"),
+        "{event}"
+    );
+    assert!(farm.seen.lock().unwrap().allocations.is_empty());
+}
+
+#[test]
+fn a_certificate_of_another_farm_compiles_locally_and_says_so() {
+    let project = Project::new();
+    let reference = project.reference();
+    let farm = Farm::start(
+        &reference,
+        vec![Behaviour::Completes],
+        vec![Answer::Node(0)],
+    );
+    // The wrapper's credentials come from a farm CA the scheduler's
+    // certificate does not chain to.
+    let other = TestFarm::new();
+    let foreign = tempfile::tempdir().unwrap();
+    Credentials {
+        ca: other.ca.cert_der().clone(),
+        identity: other.member(PeerRole::Client).0,
+    }
+    .save(foreign.path())
+    .unwrap();
+    let out = project.wrapper_with(farm.scheduler, foreign.path(), &[]);
+
+    assert_as_plain_rustc(&project, &reference, &out);
+    let event = project.event();
+    assert_eq!(event["where"], "fallback", "{event}");
+    let reason = event["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("the farm does not admit us")
+            && reason.contains("is not a trusted member of this farm"),
+        "{event}"
+    );
+    assert!(farm.seen.lock().unwrap().allocations.is_empty());
 }

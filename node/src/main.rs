@@ -439,19 +439,58 @@ async fn credentials(
     if token.is_some() {
         distcc_rs_proto::auth::validate_member_name(name).map_err(|why| {
             anyhow::anyhow!(
-                "cannot enroll as {name:?}: the node's name (--name, or the host name) names                  its certificate, and {why}"
+                "cannot enroll as {name:?}: the node's name (--name, or the host name) names \
+                 its certificate, and {why}"
             )
         })?;
     }
-    let scheduler = match (token, scheduler, mdns_farm) {
-        // Not enrolled and nothing to enroll with: the error says what to do.
-        (None, _, _) => None,
-        (Some(_), Some(addr), _) => Some(addr),
-        (Some(_), None, None) => anyhow::bail!(
+    if token.is_some() && scheduler.is_none() && mdns_farm.is_none() {
+        anyhow::bail!(
             "cannot enroll in the farm: no --scheduler is given and mDNS is off (--no-mdns), so \
              there is no scheduler to send the join token to; give the scheduler's address \
              with --scheduler for this first start"
-        ),
+        );
+    }
+    // A node may well start before its scheduler (machines boot in any
+    // order), so failing to reach the scheduler is retried with back-off;
+    // a refused token or a local problem is not.
+    let mut delay = ENROLL_RETRY_FIRST;
+    loop {
+        let attempt = enroll_once(&enrollment, token, scheduler, mdns_farm).await;
+        match attempt {
+            Ok(credentials) => return Ok(credentials),
+            Err(Enroll::Retry(why)) => {
+                tracing::warn!("{why}; trying again in {} s", delay.as_secs());
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(ENROLL_RETRY_MAX);
+            }
+            Err(Enroll::Fail(e)) => return Err(e),
+        }
+    }
+}
+
+/// How an enrollment attempt failed.
+enum Enroll {
+    /// The scheduler could not be found or reached: worth another try.
+    Retry(String),
+    Fail(anyhow::Error),
+}
+
+/// The first pause between enrollment attempts, doubled after each failed
+/// attempt up to [`ENROLL_RETRY_MAX`].
+const ENROLL_RETRY_FIRST: Duration = Duration::from_secs(1);
+const ENROLL_RETRY_MAX: Duration = Duration::from_secs(30);
+
+async fn enroll_once(
+    enrollment: &Enrollment<'_>,
+    token: Option<&JoinToken>,
+    scheduler: Option<SocketAddr>,
+    mdns_farm: Option<&str>,
+) -> Result<Credentials, Enroll> {
+    let scheduler = match (token, scheduler, mdns_farm) {
+        // Not enrolled and nothing to enroll with: the error says what to do.
+        (None, _, _) | (Some(_), None, None) => None,
+        (Some(_), Some(addr), _) => Some(addr),
         (Some(_), None, Some(farm)) => {
             tracing::info!(
                 farm,
@@ -459,23 +498,36 @@ async fn credentials(
             );
             let found = distcc_rs_net::discovery::find_scheduler(farm, ENROLL_BROWSE)
                 .await
-                .context("cannot look for the scheduler over mDNS to enroll")?;
+                .context("cannot look for the scheduler over mDNS to enroll")
+                .map_err(Enroll::Fail)?;
             Some(found.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "cannot enroll in the farm: no scheduler of farm {farm:?} answered over mDNS \
-                     within {} s; start it, or give its address with --scheduler",
+                Enroll::Retry(format!(
+                    "cannot enroll in the farm yet: no scheduler of farm {farm:?} answered over \
+                     mDNS within {} s (start it, or give its address with --scheduler)",
                     ENROLL_BROWSE.as_secs()
-                )
+                ))
             })?)
         }
     };
     match enrollment.load_or_enroll(|| async move { scheduler }).await {
         Ok(credentials) => Ok(credentials),
-        Err(e @ CredentialsError::NotEnrolled { .. }) => Err(anyhow::anyhow!(
+        Err(e @ CredentialsError::NotEnrolled { .. }) => Err(Enroll::Fail(anyhow::anyhow!(
             "{e}; a node takes the token as --join-token TOKEN, DISTCC_RS_JOIN_TOKEN or \
              `join_token` in its configuration file"
-        )),
-        Err(e) => Err(e.into()),
+        ))),
+        // The scheduler answered but is not the farm the token names, or
+        // refused us: trying again changes nothing.
+        Err(
+            e @ CredentialsError::Unreachable {
+                source:
+                    distcc_rs_net::NetError::NotTrusted { .. }
+                    | distcc_rs_net::NetError::RefusedUs { .. }
+                    | distcc_rs_net::NetError::Refused { .. },
+                ..
+            },
+        ) => Err(Enroll::Fail(e.into())),
+        Err(e @ CredentialsError::Unreachable { .. }) => Err(Enroll::Retry(e.to_string())),
+        Err(e) => Err(Enroll::Fail(e.into())),
     }
 }
 

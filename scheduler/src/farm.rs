@@ -263,6 +263,9 @@ struct InFlight {
     /// The job's toolchain: the store never evicts a bundle that a job in
     /// flight may still make its node fetch.
     toolchain: ToolchainId,
+    /// The certificate of the client the job was assigned to: only it may
+    /// give the assignment back.
+    client_cert: CertFingerprint,
 }
 
 /// How many ended jobs `status` reports: enough for a monitor polling
@@ -759,6 +762,7 @@ impl Farm {
                 node: node_id,
                 crate_name: request.crate_name.clone(),
                 client: request.client.clone(),
+                client_cert,
                 build: request.build.clone(),
                 phase: JobPhase::Assigned,
                 assigned_at: now,
@@ -963,6 +967,15 @@ impl Farm {
     /// still waiting for its client can be released: once the node has
     /// started it, the node's report frees the slot. Returns whether the job
     /// was released.
+    /// Like [`Farm::release`], on behalf of the client with certificate
+    /// `by`: another client cannot free a slot it was not given.
+    pub fn release_by(&mut self, job: JobId, by: CertFingerprint) -> bool {
+        if self.jobs.get(&job).is_none_or(|f| f.client_cert != by) {
+            return false;
+        }
+        self.release(job)
+    }
+
     pub fn release(&mut self, job: JobId) -> bool {
         if self
             .jobs

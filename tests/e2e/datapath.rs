@@ -209,12 +209,12 @@ mod raw_client {
     use std::net::SocketAddr;
 
     use distcc_rs_net::payload::{recv_compressed, send_compressed};
-    use distcc_rs_net::{EndpointOptions, FrameReader, FrameWriter, PeerAuth, open_stream};
+    use distcc_rs_net::{EndpointOptions, FrameReader, FrameWriter, open_stream};
     use distcc_rs_proto::message::{
         AllocateRequest, AllocateResponse, Assignment, BlobHeader, JobAccept, JobEvent, JobRequest,
         NodeRequest, SchedulerRequest,
     };
-    use distcc_rs_proto::{Digest, ToolchainId};
+    use distcc_rs_proto::{Digest, PeerRole, ToolchainId};
 
     pub struct Session {
         pub endpoint: quinn::Endpoint,
@@ -222,18 +222,33 @@ mod raw_client {
     }
 
     impl Session {
-        pub fn new(peer: SocketAddr) -> Session {
+        /// Enrolls in the farm of `scheduler` with `token`, as a client.
+        pub async fn new(scheduler: SocketAddr, token: &str) -> Session {
             let opts = EndpointOptions::default();
-            let endpoint =
-                distcc_rs_net::bind_client(peer, None, &PeerAuth::Unauthenticated, &opts)
-                    .expect("a client endpoint");
+            let token = token.parse().expect("the harness's token parses");
+            let credentials = distcc_rs_net::credentials::enroll(
+                scheduler,
+                &token,
+                PeerRole::Client,
+                "raw-client",
+            )
+            .await
+            .expect("the raw client enrolls");
+            let endpoint = distcc_rs_net::bind_client(
+                scheduler,
+                Some(&credentials.identity),
+                &credentials.auth(),
+                &opts,
+            )
+            .expect("a client endpoint");
             Session { endpoint, opts }
         }
 
         pub async fn allocate(&self, scheduler: SocketAddr, toolchain: ToolchainId) -> Assignment {
-            let conn = distcc_rs_net::connect(&self.endpoint, scheduler, &self.opts)
-                .await
-                .expect("the scheduler answers");
+            let conn =
+                distcc_rs_net::connect(&self.endpoint, scheduler, PeerRole::Scheduler, &self.opts)
+                    .await
+                    .expect("the scheduler answers");
             let (mut w, mut r) = open_stream(&conn).await.unwrap();
             w.send(&SchedulerRequest::Allocate(AllocateRequest {
                 toolchain,
@@ -255,9 +270,10 @@ mod raw_client {
             assignment: &Assignment,
             request: &JobRequest,
         ) -> (quinn::Connection, FrameWriter, FrameReader) {
-            let conn = distcc_rs_net::connect(&self.endpoint, assignment.addr, &self.opts)
-                .await
-                .expect("the node answers");
+            let conn =
+                distcc_rs_net::connect(&self.endpoint, assignment.addr, PeerRole::Node, &self.opts)
+                    .await
+                    .expect("the node answers");
             let (mut w, r) = open_stream(&conn).await.unwrap();
             w.send(&NodeRequest::Job(request.clone())).await.unwrap();
             (conn, w, r)
@@ -334,7 +350,7 @@ fn damaged_inputs_are_asked_for_again_and_the_job_still_compiles() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let session = raw_client::Session::new(scheduler.addr());
+        let session = raw_client::Session::new(scheduler.addr(), &scheduler.token()).await;
         let assignment = session.allocate(scheduler.addr(), toolchain).await;
         let request = JobRequest {
             ticket: assignment.ticket,

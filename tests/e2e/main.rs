@@ -14,6 +14,7 @@ mod datapath;
 mod discovery;
 mod errors;
 mod faults;
+mod membership;
 mod premise;
 mod remote;
 mod sandbox;

@@ -24,6 +24,91 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(20);
 /// How many of a daemon's last stdout lines are kept for error messages.
 const TAIL_LINES: usize = 50;
 
+/// What the harness knows of each farm it started a scheduler for: how to
+/// join it. Nodes and clients started against a scheduler enroll with its
+/// token through the real `--join-token` / `DISTCC_RS_JOIN_TOKEN` path.
+#[derive(Debug, Clone)]
+struct FarmRecord {
+    addr: SocketAddr,
+    farm: String,
+    token: String,
+    state_dir: PathBuf,
+}
+
+static FARMS: Mutex<Vec<FarmRecord>> = Mutex::new(Vec::new());
+
+fn farms() -> std::sync::MutexGuard<'static, Vec<FarmRecord>> {
+    FARMS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Remembers a started scheduler, replacing what was known of its address
+/// or state directory (a restarted scheduler keeps both).
+fn record_farm(record: FarmRecord) {
+    let mut farms = farms();
+    farms.retain(|f| f.addr != record.addr && f.state_dir != record.state_dir);
+    farms.push(record);
+}
+
+/// The join token of the farm whose scheduler state is in `state_dir`, as
+/// `distcc-rs-scheduler token` prints it (creating the farm's CA if no
+/// scheduler ran there yet, so that a node can be given the token of a farm
+/// whose scheduler starts later).
+pub fn token_of_state(state_dir: &Path) -> String {
+    std::fs::create_dir_all(state_dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", state_dir.display()));
+    let mut command = Command::new(bins::binary(bins::SCHEDULER));
+    command
+        .arg("--config")
+        .arg("/dev/null")
+        .arg("token")
+        .arg("--state-dir")
+        .arg(state_dir);
+    let output = run_with_timeout(&mut command, STATUS_TIMEOUT)
+        .unwrap_or_else(|e| panic!("`distcc-rs-scheduler token` did not run: {e:#}"));
+    assert!(
+        output.status.success(),
+        "`distcc-rs-scheduler token` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("a token is text")
+        .trim()
+        .to_owned()
+}
+
+/// The join token of the farm whose scheduler listens on `scheduler`.
+pub fn join_token(scheduler: SocketAddr) -> String {
+    farm_record(scheduler).token
+}
+
+fn farm_record(scheduler: SocketAddr) -> FarmRecord {
+    farms()
+        .iter()
+        .rev()
+        .find(|f| f.addr == scheduler)
+        .cloned()
+        .unwrap_or_else(|| panic!("no scheduler was started on {scheduler} by this test run"))
+}
+
+/// The most recently started scheduler of the farm named `farm`.
+fn farm_named(farm: &str) -> FarmRecord {
+    farms()
+        .iter()
+        .rev()
+        .find(|f| f.farm == farm)
+        .cloned()
+        .unwrap_or_else(|| panic!("no scheduler of farm {farm:?} was started by this test run"))
+}
+
+/// The farm name a scheduler's arguments choose.
+fn farm_of_args(args: &[&str]) -> String {
+    args.windows(2)
+        .find(|w| w[0] == "--netname")
+        .map_or_else(|| "default".to_owned(), |w| w[1].to_owned())
+}
+
 /// A daemon process: its guard, the tail of its stdout, and its log file.
 #[derive(Debug)]
 struct Daemon {
@@ -212,7 +297,54 @@ impl Scheduler {
             parse_listening_line,
         );
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()));
+        Scheduler::recorded(daemon, addr, state_dir, extra_args)
+    }
+
+    /// Notes the farm's join token for the nodes and clients started
+    /// against this scheduler.
+    fn recorded(
+        daemon: Daemon,
+        addr: SocketAddr,
+        state_dir: PathBuf,
+        extra_args: &[&str],
+    ) -> Scheduler {
+        record_farm(FarmRecord {
+            addr,
+            farm: farm_of_args(extra_args),
+            token: token_of_state(&state_dir),
+            state_dir,
+        });
         Scheduler { daemon, addr }
+    }
+
+    /// The farm's join token.
+    pub fn token(&self) -> String {
+        join_token(self.addr)
+    }
+
+    /// The scheduler's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        farm_record(self.addr).state_dir
+    }
+
+    /// Runs a membership command (`token`, `certs`, `revoke WHO`) on this
+    /// scheduler's state, as its admin would, and returns its stdout.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let mut command = Command::new(bins::binary(bins::SCHEDULER));
+        command
+            .arg("--config")
+            .arg("/dev/null")
+            .args(args)
+            .arg("--state-dir")
+            .arg(self.state_dir());
+        let output = run_with_timeout(&mut command, STATUS_TIMEOUT)
+            .unwrap_or_else(|e| panic!("`distcc-rs-scheduler {args:?}` did not run: {e:#}"));
+        assert!(
+            output.status.success(),
+            "`distcc-rs-scheduler {args:?}` failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     fn spawn(dir: &Path, listen: &str, extra_args: &[&str]) -> Scheduler {
@@ -240,7 +372,7 @@ impl Scheduler {
             dir.join("scheduler.log"),
             parse_listening_line,
         );
-        Scheduler { daemon, addr }
+        Scheduler::recorded(daemon, addr, state_dir, extra_args)
     }
 
     /// The address the scheduler accepts connections on.
@@ -277,6 +409,27 @@ impl Node {
     /// cannot lean on the Rust installation of the machine it runs on: it has
     /// to use the toolchain bundle it fetched.
     pub fn start(dir: &Path, scheduler: SocketAddr, name: &str, extra_args: &[&str]) -> Node {
+        let command = Node::dialling(scheduler, extra_args);
+        Node::spawn_registered(command, dir, name, extra_args)
+    }
+
+    /// Like [`Node::start`], but returns at once: for a node that is not
+    /// expected to join (see [`Node::wait_exit`]). A `--join-token` in
+    /// `extra_args` replaces the farm's.
+    pub fn spawn(dir: &Path, scheduler: SocketAddr, name: &str, extra_args: &[&str]) -> Node {
+        let command = Node::dialling(scheduler, extra_args);
+        let (command, log) = Node::configure(command, dir, name, extra_args);
+        let (daemon, _lines) = Daemon::start(command, &format!("node {name}"), log);
+        Node {
+            daemon,
+            name: name.to_owned(),
+            addr: None,
+        }
+    }
+
+    /// A node command that dials `scheduler` and enrolls with its farm's
+    /// token, unless `extra_args` brings a token of its own.
+    fn dialling(scheduler: SocketAddr, extra_args: &[&str]) -> Command {
         let mut command = Command::new(bins::binary(bins::NODE));
         command
             // mDNS must never run on the host's real interfaces; only tests
@@ -286,22 +439,40 @@ impl Node {
             .arg(scheduler.to_string())
             .arg("--listen")
             .arg("127.0.0.1:0");
-        Node::spawn_registered(command, dir, name, extra_args)
+        if !extra_args.contains(&"--join-token") {
+            command.arg("--join-token").arg(join_token(scheduler));
+        }
+        command
+    }
+
+    /// Waits up to `timeout` for the node to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.daemon.guard.wait_timeout(timeout)
     }
 
     /// Starts a node inside `netns` with mDNS on and no scheduler address,
-    /// and waits until a scheduler has found and adopted it.
+    /// and waits until a scheduler has found and adopted it. It joins with
+    /// the token of the farm whose scheduler state is in `dir/scheduler`,
+    /// and finds that scheduler over mDNS to enroll.
     pub fn start_in(netns: &NetNs, dir: &Path, name: &str, extra_args: &[&str]) -> Node {
         let mut command = netns.command(bins::binary(bins::NODE));
-        command.arg("--listen").arg("0.0.0.0:0");
+        command
+            .arg("--listen")
+            .arg("0.0.0.0:0")
+            .arg("--join-token")
+            .arg(token_of_state(&dir.join("scheduler")));
         Node::spawn_registered(command, dir, name, extra_args)
     }
 
     /// Like [`Node::start_in`], but returns at once: for a node that no
-    /// scheduler is expected to adopt. See [`Node::has_registered`].
+    /// scheduler is expected to adopt yet. See [`Node::has_registered`].
     pub fn spawn_in(netns: &NetNs, dir: &Path, name: &str, extra_args: &[&str]) -> Node {
         let mut command = netns.command(bins::binary(bins::NODE));
-        command.arg("--listen").arg("0.0.0.0:0");
+        command
+            .arg("--listen")
+            .arg("0.0.0.0:0")
+            .arg("--join-token")
+            .arg(token_of_state(&dir.join("scheduler")));
         let (command, log) = Node::configure(command, dir, name, extra_args);
         let (daemon, _lines) = Daemon::start(command, &format!("node {name}"), log);
         Node {
@@ -429,6 +600,7 @@ pub fn free_loopback_port() -> u16 {
 /// Asks the scheduler for the farm's status with `distcc-rs status --json`.
 pub fn try_status(scheduler: SocketAddr) -> anyhow::Result<FarmStatus> {
     let mut command = Command::new(bins::binary(bins::CLIENT));
+    member_of(&mut command, &farm_record(scheduler));
     command
         .arg("status")
         .arg("--scheduler")
@@ -441,6 +613,7 @@ pub fn try_status(scheduler: SocketAddr) -> anyhow::Result<FarmStatus> {
 /// it finds the scheduler of farm `farm` over mDNS.
 pub fn try_status_discovered(netns: &NetNs, farm: &str) -> anyhow::Result<FarmStatus> {
     let mut command = netns.command(bins::binary(bins::CLIENT));
+    member_of(&mut command, &farm_named(farm));
     command
         .env_remove("DISTCC_RS_SCHEDULER")
         .env_remove("DISTCC_RS_MDNS")
@@ -453,6 +626,20 @@ pub fn try_status_discovered(netns: &NetNs, farm: &str) -> anyhow::Result<FarmSt
 /// Like [`try_status_discovered`], panicking on failure.
 pub fn status_discovered(netns: &NetNs, farm: &str) -> FarmStatus {
     try_status_discovered(netns, farm).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Makes `distcc-rs status` a client of `farm`: its credentials live next
+/// to the scheduler's state, enrolled on first use with the farm's token.
+fn member_of(command: &mut Command, farm: &FarmRecord) {
+    let identity = farm
+        .state_dir
+        .parent()
+        .unwrap_or(&farm.state_dir)
+        .join("status-client-identity");
+    command
+        .env("DISTCC_RS_CONFIG", "/dev/null")
+        .env("DISTCC_RS_JOIN_TOKEN", &farm.token)
+        .env("DISTCC_RS_IDENTITY_DIR", identity);
 }
 
 fn query_status(mut command: Command) -> anyhow::Result<FarmStatus> {
@@ -486,6 +673,11 @@ pub struct FarmEnv {
     pub cache_dir: PathBuf,
     /// Where the client's event log and debug log go.
     pub log_dir: PathBuf,
+    /// The farm's join token, with which the client enrolls on its first
+    /// compile; `None` for a client that is not a member.
+    pub token: Option<String>,
+    /// Where the client keeps its certificate.
+    pub identity_dir: PathBuf,
     /// Further variables for the client, set after the standard ones.
     pub extra_env: Vec<(String, String)>,
 }
@@ -496,7 +688,8 @@ impl FarmEnv {
     pub fn new(scheduler: SocketAddr, log_dir: &Path) -> FarmEnv {
         FarmEnv {
             scheduler: Some(scheduler),
-            ..FarmEnv::discovering(log_dir)
+            token: Some(join_token(scheduler)),
+            ..FarmEnv::with_logs(log_dir)
         }
     }
 
@@ -504,12 +697,21 @@ impl FarmEnv {
     /// scheduler of the `default` farm over mDNS. Only for builds inside a
     /// [`NetNs`] (see [`crate::cargo_build_in`]).
     pub fn discovering(log_dir: &Path) -> FarmEnv {
+        FarmEnv {
+            token: Some(farm_named("default").token),
+            ..FarmEnv::with_logs(log_dir)
+        }
+    }
+
+    fn with_logs(log_dir: &Path) -> FarmEnv {
         std::fs::create_dir_all(log_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_dir.display()));
         FarmEnv {
             scheduler: None,
             cache_dir: bins::shared_cache_dir(),
             log_dir: log_dir.to_path_buf(),
+            token: None,
+            identity_dir: log_dir.join("identity"),
             extra_env: Vec::new(),
         }
     }
@@ -541,7 +743,14 @@ impl FarmEnv {
                 "DISTCC_RS_LOG_FILE".to_owned(),
                 path(&self.client_log_path()),
             ),
+            (
+                "DISTCC_RS_IDENTITY_DIR".to_owned(),
+                path(&self.identity_dir),
+            ),
         ];
+        if let Some(token) = &self.token {
+            vars.push(("DISTCC_RS_JOIN_TOKEN".to_owned(), token.clone()));
+        }
         match self.scheduler {
             Some(scheduler) => vars.extend([
                 ("DISTCC_RS_SCHEDULER".to_owned(), scheduler.to_string()),

@@ -14,11 +14,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use distcc_rs_net::{EndpointOptions, PeerAuth, open_stream, payload};
-use distcc_rs_proto::ToolchainId;
+use distcc_rs_net::credentials::Credentials;
+use distcc_rs_net::endpoint::explain;
+use distcc_rs_net::{EndpointOptions, NetError, open_stream, payload};
 use distcc_rs_proto::message::{
     RemoveResponse, SchedulerRequest, StoredToolchain, ToolchainList, UploadResponse,
 };
+use distcc_rs_proto::{PROTOCOL_VERSION, PeerRole, ToolchainId};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
 
@@ -104,11 +106,18 @@ pub struct Farm {
 }
 
 impl Farm {
-    pub async fn connect(addr: SocketAddr) -> Result<Farm> {
+    /// Connects to the scheduler at `addr` as the client `credentials`
+    /// make us.
+    pub async fn connect(addr: SocketAddr, credentials: &Credentials) -> Result<Farm> {
         let opts = EndpointOptions::default();
-        let endpoint = distcc_rs_net::bind_client(addr, None, &PeerAuth::Unauthenticated, &opts)
-            .context("cannot open a QUIC endpoint")?;
-        let conn = distcc_rs_net::connect(&endpoint, addr, &opts)
+        let endpoint = distcc_rs_net::bind_client(
+            addr,
+            Some(&credentials.identity),
+            &credentials.auth(),
+            &opts,
+        )
+        .context("cannot open a QUIC endpoint")?;
+        let conn = distcc_rs_net::connect(&endpoint, addr, PeerRole::Scheduler, &opts)
             .await
             .with_context(|| format!("cannot reach the scheduler at {addr}"))?;
         Ok(Farm {
@@ -121,10 +130,29 @@ impl Farm {
     /// One request, one answer, on a stream of its own.
     async fn ask<T: DeserializeOwned>(&self, request: &SchedulerRequest) -> Result<T> {
         let failed = || format!("the scheduler at {} did not answer", self.addr);
-        let (mut w, mut r) = open_stream(&self.conn).await.with_context(failed)?;
-        w.send(request).await.with_context(failed)?;
-        w.finish().with_context(failed)?;
-        r.recv().await.with_context(failed)
+        let answer = async {
+            let (mut w, mut r) = open_stream(&self.conn).await?;
+            w.send(request).await?;
+            w.finish()?;
+            r.recv().await
+        }
+        .await;
+        answer
+            .map_err(|e| self.refusal().unwrap_or(e))
+            .with_context(failed)
+    }
+
+    /// Why the scheduler closed the connection, when it did so over our
+    /// certificate or our role: TLS 1.3 lets the client finish its
+    /// handshake first, so a refused certificate shows at the first
+    /// request, as a lost connection whose close reason names the cause.
+    fn refusal(&self) -> Option<NetError> {
+        let explained = explain(self.conn.close_reason()?, self.addr, PROTOCOL_VERSION);
+        matches!(
+            explained,
+            NetError::RefusedUs { .. } | NetError::NotTrusted { .. } | NetError::Refused { .. }
+        )
+        .then_some(explained)
     }
 
     pub async fn list(&self) -> Result<ToolchainList> {

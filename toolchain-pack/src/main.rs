@@ -13,11 +13,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
-use distcc_rs_net::config_file::client::ClientFile;
+use distcc_rs_net::config_file::client::{self, ClientFile};
+use distcc_rs_net::credentials::{Credentials, CredentialsError, Enrollment};
 use distcc_rs_pack::{BundleManifest, EntryState, PackOptions, PackProgress};
-use distcc_rs_proto::ToolchainId;
 use distcc_rs_proto::discovery::{DEFAULT_FARM, validate_farm_name};
 use distcc_rs_proto::message::RemoveResponse;
+use distcc_rs_proto::{JoinToken, PeerRole, ToolchainId};
 
 use crate::farm::{Farm, LocalBundle, Pushed};
 
@@ -230,10 +231,19 @@ struct FarmArgs {
     /// file, else `default`.
     #[arg(long, value_name = "NAME")]
     netname: Option<String>,
+    /// The farm's join token, to enroll with when no client certificate is
+    /// saved. Defaults to $DISTCC_RS_JOIN_TOKEN, else `join_token` in the
+    /// client's configuration file. The certificate is the client's own
+    /// (the directory $DISTCC_RS_IDENTITY_DIR or `identity_dir` names, else
+    /// ~/.config/distcc-rs/identity/<netname>), so after `distcc-rs join`
+    /// no token is needed.
+    #[arg(long, value_name = "TOKEN")]
+    join_token: Option<String>,
 }
 
 impl FarmArgs {
-    /// Finds the scheduler and connects to it.
+    /// Finds the scheduler and connects to it with the client's
+    /// credentials, enrolling first if there are none and a token is given.
     async fn connect(&self) -> Result<Farm> {
         let var = client_settings()?;
         let farm = self
@@ -242,9 +252,101 @@ impl FarmArgs {
             .or_else(|| var("DISTCC_RS_NETNAME"))
             .unwrap_or_else(|| DEFAULT_FARM.to_owned());
         validate_farm_name(&farm).with_context(|| format!("farm name {farm:?}"))?;
-        let source = farm::scheduler_source(self.scheduler.as_deref(), &farm, var);
+        let membership = membership(self.join_token.as_deref(), &farm, &var)?;
+        // Without credentials or a token there is nothing to ask the
+        // scheduler, so say so before looking for it.
+        let saved = membership.saved()?;
+        let source = farm::scheduler_source(self.scheduler.as_deref(), &farm, &var);
         let addr = farm::locate(&source).await?;
-        Farm::connect(addr).await
+        let credentials = match saved {
+            Some(credentials) => credentials,
+            None => {
+                let credentials = membership.enroll(addr).await?;
+                eprintln!(
+                    "distcc-rs-pack: enrolled in the farm as client {:?} (certificate {}, saved \
+                     in {})",
+                    membership.name,
+                    credentials.fingerprint().short(),
+                    membership.dir.display()
+                );
+                credentials
+            }
+        };
+        Farm::connect(addr, &credentials).await
+    }
+}
+
+/// The client's credentials as `distcc-rs-pack` finds them: the client's
+/// identity directory and join token (the flag, else the client's
+/// settings), enrolling as a client under the client's name.
+#[derive(Debug)]
+struct Membership {
+    dir: PathBuf,
+    token: Option<JoinToken>,
+    name: String,
+}
+
+/// The membership for farm `farm`, from `--join-token` (`flag`) and the
+/// client's settings `var`.
+fn membership(
+    flag: Option<&str>,
+    farm: &str,
+    var: &impl Fn(&str) -> Option<String>,
+) -> Result<Membership> {
+    let token = match (flag, var("DISTCC_RS_JOIN_TOKEN")) {
+        (Some(text), _) => Some(text.parse::<JoinToken>().context("--join-token")?),
+        // The value is a secret: the error names where it came from only.
+        (None, Some(text)) => Some(text.parse::<JoinToken>().context(
+            "DISTCC_RS_JOIN_TOKEN (or `join_token` in the client's configuration file)",
+        )?),
+        (None, None) => None,
+    };
+    let dir = match var("DISTCC_RS_IDENTITY_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => client::default_identity_dir(var, farm).context(
+            "no directory for the client's farm certificate: set DISTCC_RS_IDENTITY_DIR \
+             (neither XDG_CONFIG_HOME nor HOME is set)",
+        )?,
+    };
+    Ok(Membership {
+        dir,
+        token,
+        name: client::member_name(var),
+    })
+}
+
+impl Membership {
+    fn enrollment(&self) -> Enrollment<'_> {
+        Enrollment {
+            dir: &self.dir,
+            role: PeerRole::Client,
+            name: &self.name,
+            token: self.token.as_ref(),
+        }
+    }
+
+    /// The saved credentials; `None` when a token is given to enroll with;
+    /// an error saying how to enroll when there is neither.
+    fn saved(&self) -> Result<Option<Credentials>> {
+        match self.enrollment().saved()? {
+            Some(credentials) => Ok(Some(credentials)),
+            None if self.token.is_some() => Ok(None),
+            None => Err(anyhow!(
+                "{}; this tool also takes --join-token TOKEN",
+                CredentialsError::NotEnrolled {
+                    dir: self.dir.clone()
+                }
+            )),
+        }
+    }
+
+    /// Enrolls with the scheduler at `addr` (once, should several run at
+    /// the same time) and saves the credentials.
+    async fn enroll(&self, addr: std::net::SocketAddr) -> Result<Credentials> {
+        Ok(self
+            .enrollment()
+            .load_or_enroll(|| async move { Some(addr) })
+            .await?)
     }
 }
 
@@ -841,5 +943,70 @@ mod tests {
         let broken = client_settings_from(env(vec![("DISTCC_RS_CONFIG", path.clone())]));
         let message = broken.err().unwrap().to_string();
         assert!(message.contains("unknown key `schedular`"), "{message}");
+    }
+
+    #[test]
+    fn the_client_credentials_are_found_as_the_client_finds_them() {
+        const FILE_TOKEN: &str =
+            "drs1-0123456789abcdef0123456789abcdef-fedcba9876543210fedcba9876543210";
+        const FLAG_TOKEN: &str =
+            "drs1-00000000000000000000000000000000-11111111111111111111111111111111";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        fs::write(
+            &path,
+            format!("join_token = \"{FILE_TOKEN}\"\nidentity_dir = \"/file/id\"\n"),
+        )
+        .unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        let env = |pairs: Vec<(&'static str, String)>| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.clone())
+            }
+        };
+
+        // The file's settings; the flag's token over them.
+        let var = client_settings_from(env(vec![("DISTCC_RS_CONFIG", path.clone())])).unwrap();
+        let m = membership(None, "lab", &var).unwrap();
+        assert_eq!(m.dir, PathBuf::from("/file/id"));
+        assert_eq!(m.token, Some(FILE_TOKEN.parse().unwrap()));
+        let m = membership(Some(FLAG_TOKEN), "lab", &var).unwrap();
+        assert_eq!(m.token, Some(FLAG_TOKEN.parse().unwrap()));
+
+        // Defaults: no token, the farm's directory under the config home.
+        let var = client_settings_from(env(vec![
+            ("HOME", "/home/u".into()),
+            ("USER", "alice".into()),
+        ]))
+        .unwrap();
+        let m = membership(None, "lab", &var).unwrap();
+        assert_eq!(
+            m.dir,
+            PathBuf::from("/home/u/.config/distcc-rs/identity/lab")
+        );
+        assert_eq!(m.token, None);
+        assert!(m.name.starts_with("alice@"), "{}", m.name);
+        // Not enrolled, and nothing to enroll with: the error says how.
+        let err = m.saved().unwrap_err().to_string();
+        assert!(
+            err.contains("not enrolled") && err.contains("--join-token"),
+            "{err}"
+        );
+
+        // A malformed token names where it came from, not what it is.
+        let var = client_settings_from(env(vec![("DISTCC_RS_JOIN_TOKEN", "drs1-SECRET".into())]))
+            .unwrap();
+        let err = format!("{:#}", membership(None, "lab", &var).unwrap_err());
+        assert!(
+            err.contains("DISTCC_RS_JOIN_TOKEN") && !err.contains("SECRET"),
+            "{err}"
+        );
+        let err = membership(Some("bad"), "lab", &var)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--join-token"), "{err}");
     }
 }

@@ -96,10 +96,13 @@ fn scheduler_binary() -> &'static Path {
     })
 }
 
-/// A scheduler on loopback, killed when dropped.
+/// A scheduler on loopback, killed when dropped, with its farm's join
+/// token and a client identity directory to enroll into.
 struct Scheduler {
     child: Child,
     addr: String,
+    token: String,
+    identity: tempfile::TempDir,
     _state: tempfile::TempDir,
 }
 
@@ -128,11 +131,33 @@ impl Scheduler {
                 panic!("unexpected first line from the scheduler: {line:?}")
             })
             .to_owned();
+        let out = Command::new(scheduler_binary())
+            .arg("token")
+            .arg("--state-dir")
+            .arg(state.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let token = text(&out.stdout).trim().to_owned();
         Scheduler {
             child,
             addr,
+            token,
+            identity: tempfile::tempdir().unwrap(),
             _state: state,
         }
+    }
+
+    /// Runs the tool as a client of this farm: with its join token, so the
+    /// first run enrolls, and the credentials that run saved.
+    fn pack(&self, args: &[&str]) -> Output {
+        pack_with(
+            args,
+            &[
+                ("DISTCC_RS_IDENTITY_DIR", self.identity.path().as_os_str()),
+                ("DISTCC_RS_JOIN_TOKEN", self.token.as_ref()),
+            ],
+        )
     }
 }
 
@@ -143,13 +168,25 @@ impl Drop for Scheduler {
     }
 }
 
+/// Runs the tool with no client credentials: an empty identity directory.
 fn pack(args: &[&str]) -> Output {
+    let nothing = tempfile::tempdir().unwrap();
+    pack_with(
+        args,
+        &[("DISTCC_RS_IDENTITY_DIR", nothing.path().as_os_str())],
+    )
+}
+
+fn pack_with(args: &[&str], vars: &[(&str, &std::ffi::OsStr)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_distcc-rs-pack"))
         .args(args)
         .env_remove("DISTCC_RS_SCHEDULER")
         .env_remove("DISTCC_RS_NETNAME")
         .env_remove("DISTCC_RS_CACHE_DIR")
+        .env_remove("DISTCC_RS_JOIN_TOKEN")
+        .env_remove("DISTCC_RS_IDENTITY_DIR")
         .env("DISTCC_RS_MDNS", "0")
+        .envs(vars.iter().copied())
         .output()
         .unwrap()
 }
@@ -204,13 +241,13 @@ fn create(dir: &Path, name: &str, len: usize, seed: u64) -> (PathBuf, String) {
     (PathBuf::from(field(&stdout, "path")), field(&stdout, "id"))
 }
 
-fn list_json(addr: &str) -> serde_json::Value {
-    let stdout = ok(pack(&["list", "--json", "--scheduler", addr]));
+fn list_json(scheduler: &Scheduler) -> serde_json::Value {
+    let stdout = ok(scheduler.pack(&["list", "--json", "--scheduler", &scheduler.addr]));
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
-fn listed_ids(addr: &str) -> Vec<String> {
-    list_json(addr)["toolchains"]
+fn listed_ids(scheduler: &Scheduler) -> Vec<String> {
+    list_json(scheduler)["toolchains"]
         .as_array()
         .unwrap()
         .iter()
@@ -234,22 +271,32 @@ fn push_list_and_rm_against_a_real_scheduler() {
     let scheduler = Scheduler::start("160K");
     let addr = scheduler.addr.as_str();
 
+    // Without a certificate or a token, the tool says how to enroll.
+    let stderr = failed(pack(&["list", "--scheduler", addr]));
+    assert!(
+        stderr.contains("not enrolled in the farm")
+            && stderr.contains("distcc-rs join TOKEN")
+            && stderr.contains("--join-token"),
+        "{stderr}"
+    );
+    // With the token, the first run enrolls as a client, and later runs
+    // use the saved certificate.
+    let out = scheduler.pack(&["list", "--scheduler", addr]);
+    assert!(
+        text(&out.stderr).contains("enrolled in the farm as client"),
+        "{out:?}"
+    );
+    ok(out);
+    let out = scheduler.pack(&["list", "--scheduler", addr]);
+    assert!(!text(&out.stderr).contains("enrolled"), "{out:?}");
+    ok(out);
+
     // Pushing uploads once; pushing again is a no-op that says so.
-    let stdout = ok(pack(&[
-        "push",
-        first.to_str().unwrap(),
-        "--scheduler",
-        addr,
-    ]));
+    let stdout = ok(scheduler.pack(&["push", first.to_str().unwrap(), "--scheduler", addr]));
     assert_eq!(field(&stdout, "id"), first_id);
     assert_eq!(field(&stdout, "scheduler"), addr);
     assert!(field(&stdout, "pushed").contains("MiB in"), "{stdout}");
-    let stdout = ok(pack(&[
-        "push",
-        first.to_str().unwrap(),
-        "--scheduler",
-        addr,
-    ]));
+    let stdout = ok(scheduler.pack(&["push", first.to_str().unwrap(), "--scheduler", addr]));
     assert!(
         field(&stdout, "pushed").contains("already stores it"),
         "{stdout}"
@@ -258,12 +305,7 @@ fn push_list_and_rm_against_a_real_scheduler() {
     // A file not named by its id is identified first.
     let renamed = dir.path().join("renamed.tar.zst");
     fs::copy(&first, &renamed).unwrap();
-    let stdout = ok(pack(&[
-        "push",
-        renamed.to_str().unwrap(),
-        "--scheduler",
-        addr,
-    ]));
+    let stdout = ok(scheduler.pack(&["push", renamed.to_str().unwrap(), "--scheduler", addr]));
     assert_eq!(field(&stdout, "id"), first_id);
     assert!(
         field(&stdout, "pushed").contains("already stores it"),
@@ -274,7 +316,7 @@ fn push_list_and_rm_against_a_real_scheduler() {
     // same bytes: the scheduler has them already.
     let cache = dir.path().join("client-cache");
     let rustc = dir.path().join("first/sysroot/bin/rustc");
-    let stdout = ok(pack(&[
+    let stdout = ok(scheduler.pack(&[
         "push",
         "--rustc",
         rustc.to_str().unwrap(),
@@ -296,7 +338,7 @@ fn push_list_and_rm_against_a_real_scheduler() {
     );
 
     // The table and the JSON describe the bundle from its manifest.
-    let table = ok(pack(&["list", "--scheduler", addr]));
+    let table = ok(scheduler.pack(&["list", "--scheduler", addr]));
     assert!(table.contains("1 bundle(s)"), "{table}");
     let row = table
         .lines()
@@ -306,7 +348,7 @@ fn push_list_and_rm_against_a_real_scheduler() {
         row.contains("0.0.0-fake") && row.contains(HOST) && row.contains("never"),
         "{row}"
     );
-    let doc = list_json(addr);
+    let doc = list_json(&scheduler);
     assert_eq!(doc["limit"], 160 << 10);
     assert_eq!(doc["used"], first_size);
     let entry = &doc["toolchains"][0];
@@ -319,18 +361,13 @@ fn push_list_and_rm_against_a_real_scheduler() {
 
     // The second bundle does not fit beside the first, which nothing uses:
     // the first is evicted.
-    ok(pack(&[
-        "push",
-        second.to_str().unwrap(),
-        "--scheduler",
-        addr,
-    ]));
-    assert_eq!(listed_ids(addr), [second_id.as_str()]);
+    ok(scheduler.pack(&["push", second.to_str().unwrap(), "--scheduler", addr]));
+    assert_eq!(listed_ids(&scheduler), [second_id.as_str()]);
 
     // One larger than the whole store is refused, naming the limit.
-    let stderr = failed(pack(&["push", huge.to_str().unwrap(), "--scheduler", addr]));
+    let stderr = failed(scheduler.pack(&["push", huge.to_str().unwrap(), "--scheduler", addr]));
     assert!(stderr.contains("--max-store-size"), "{stderr}");
-    assert_eq!(listed_ids(addr), [second_id.as_str()]);
+    assert_eq!(listed_ids(&scheduler), [second_id.as_str()]);
 
     // `rm` takes a unique prefix, refuses what matches nothing or is not
     // hex, and removes.
@@ -340,20 +377,20 @@ fn push_list_and_rm_against_a_real_scheduler() {
     .into_iter()
     .find(|c| !second_id.starts_with(c))
     .unwrap();
-    let stderr = failed(pack(&["rm", absent, "--scheduler", addr]));
+    let stderr = failed(scheduler.pack(&["rm", absent, "--scheduler", addr]));
     assert!(
         stderr.contains("no bundle whose id starts with"),
         "{stderr}"
     );
-    let stderr = failed(pack(&["rm", "xyz", "--scheduler", addr]));
+    let stderr = failed(scheduler.pack(&["rm", "xyz", "--scheduler", addr]));
     assert!(stderr.contains("not a bundle id"), "{stderr}");
-    let stdout = ok(pack(&["rm", &second_id[..8], "--scheduler", addr]));
+    let stdout = ok(scheduler.pack(&["rm", &second_id[..8], "--scheduler", addr]));
     assert!(
         field(&stdout, "removed").starts_with(&second_id),
         "{stdout}"
     );
-    assert!(listed_ids(addr).is_empty());
-    let table = ok(pack(&["list", "--scheduler", addr]));
+    assert!(listed_ids(&scheduler).is_empty());
+    let table = ok(scheduler.pack(&["list", "--scheduler", addr]));
     assert!(table.contains("0 bundle(s)"), "{table}");
 
     // The scheduler can come from the environment, as for the client.
@@ -361,6 +398,7 @@ fn push_list_and_rm_against_a_real_scheduler() {
         .args(["list", "--json"])
         .env("DISTCC_RS_SCHEDULER", addr)
         .env("DISTCC_RS_MDNS", "0")
+        .env("DISTCC_RS_IDENTITY_DIR", scheduler.identity.path())
         .output()
         .unwrap();
     assert!(ok(out).contains("\"toolchains\": []"));
@@ -368,7 +406,22 @@ fn push_list_and_rm_against_a_real_scheduler() {
 
 #[test]
 fn without_a_scheduler_or_mdns_the_tool_says_what_to_set() {
-    let stderr = failed(pack(&["list"]));
+    // A client of some farm, so that the scheduler is what is missing.
+    let identity = tempfile::tempdir().unwrap();
+    let farm = distcc_rs_net::pki::TestFarm::new();
+    distcc_rs_net::credentials::Credentials {
+        ca: farm.ca.cert_der().clone(),
+        identity: farm.member(distcc_rs_proto::PeerRole::Client).0,
+    }
+    .save(identity.path())
+    .unwrap();
+    let member = |args: &[&str]| {
+        pack_with(
+            args,
+            &[("DISTCC_RS_IDENTITY_DIR", identity.path().as_os_str())],
+        )
+    };
+    let stderr = failed(member(&["list"]));
     assert!(
         stderr.contains("--scheduler") && stderr.contains("DISTCC_RS_SCHEDULER"),
         "{stderr}"
@@ -376,7 +429,7 @@ fn without_a_scheduler_or_mdns_the_tool_says_what_to_set() {
     // An address nobody answers on is named in the error.
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let silent = socket.local_addr().unwrap().to_string();
-    let stderr = failed(pack(&["list", "--scheduler", &silent]));
+    let stderr = failed(member(&["list", "--scheduler", &silent]));
     assert!(stderr.contains(&silent), "{stderr}");
 }
 

@@ -21,6 +21,8 @@ use ratatui::DefaultTerminal;
 use super::model::Model;
 use super::simulation::Simulation;
 use super::view::{self, ViewState};
+use crate::config::ClientConfig;
+use crate::membership::{Membership, MembershipError};
 use crate::status::StatusConnection;
 
 /// How often the scheduler is asked.
@@ -203,9 +205,9 @@ fn poll_scheduler(addr: SocketAddr, clock: Clock, tx: &Sender<Update>) {
         loop {
             let started = tokio::time::Instant::now();
             let answer = match &conn {
-                Some(c) => c.fetch().await,
-                None => match StatusConnection::open(addr).await {
-                    Ok(c) => conn.insert(c).fetch().await,
+                Some(c) => c.fetch().await.map_err(|e| e.to_string()),
+                None => match open(addr).await {
+                    Ok(c) => conn.insert(c).fetch().await.map_err(|e| e.to_string()),
                     Err(e) => Err(e),
                 },
             };
@@ -223,7 +225,7 @@ fn poll_scheduler(addr: SocketAddr, clock: Clock, tx: &Sender<Update>) {
                     conn = None;
                     Update::Unreachable {
                         at: clock.now(),
-                        reason: e.to_string(),
+                        reason: e,
                     }
                 }
             };
@@ -242,6 +244,20 @@ fn poll_scheduler(addr: SocketAddr, clock: Clock, tx: &Sender<Update>) {
             c.close().await;
         }
     });
+}
+
+/// Connects to the scheduler with the client's credentials, read (or
+/// enrolled for) anew on each attempt, so that a `distcc-rs join` in another
+/// terminal takes effect without restarting the monitor. Without
+/// credentials, the error says how to get them, and the screen shows it.
+async fn open(addr: SocketAddr) -> Result<StatusConnection, String> {
+    let config = ClientConfig::from_env();
+    let credentials = async { Membership::from_config(&config)?.load_or_enroll(addr).await }
+        .await
+        .map_err(|e: MembershipError| e.to_string())?;
+    StatusConnection::open(addr, &credentials)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Feeds snapshots of a simulated farm: a stretch of history at once, so

@@ -67,6 +67,27 @@ pub const SETTINGS: &[Setting] = &[
                   set; without either, everything compiles locally.",
     },
     Setting {
+        key: "join_token",
+        var: "DISTCC_RS_JOIN_TOKEN",
+        kind: Kind::Text,
+        default: "not set",
+        meaning: "The farm's join token (`distcc-rs-scheduler token` prints it), used once to \
+                  enroll when no certificate is saved in `identity_dir`; `distcc-rs join TOKEN` \
+                  does the same by hand. It grants membership of the farm: keep it as secret \
+                  as a password. Without a certificate and a token, everything compiles \
+                  locally.",
+    },
+    Setting {
+        key: "identity_dir",
+        var: "DISTCC_RS_IDENTITY_DIR",
+        kind: Kind::Text,
+        default: "`$XDG_CONFIG_HOME/distcc-rs/identity/<netname>`, else \
+                  `~/.config/distcc-rs/identity/<netname>`",
+        meaning: "Where the client keeps its farm certificate, private key and the farm's CA \
+                  certificate (written when it enrolls; shared by `distcc-rs`, `status`, \
+                  `monitor` and `distcc-rs-pack`).",
+    },
+    Setting {
         key: "cache_dir",
         var: "DISTCC_RS_CACHE_DIR",
         kind: Kind::Text,
@@ -140,6 +161,55 @@ pub fn location(env: &dyn Fn(&str) -> Option<String>) -> Option<(PathBuf, Origin
         .map(PathBuf::from)
         .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".config")))?;
     Some((dir.join("distcc-rs/client.toml"), Origin::Default))
+}
+
+/// The default credentials directory of a client of farm `farm`:
+/// `$XDG_CONFIG_HOME/distcc-rs/identity/<farm>`, else
+/// `~/.config/distcc-rs/identity/<farm>`; `None` when neither variable is
+/// set. `env` reads environment variables, empty counting as unset.
+pub fn default_identity_dir(env: &dyn Fn(&str) -> Option<String>, farm: &str) -> Option<PathBuf> {
+    let env = |name: &str| env(name).filter(|v| !v.is_empty());
+    let dir = env("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(dir.join("distcc-rs/identity").join(farm))
+}
+
+/// The name a client enrolls under: `user@host`, from `USER` (else
+/// `LOGNAME`, else the user id) and the kernel's host name, with every
+/// character a member name may not hold replaced by `-` and cut to the
+/// longest name the scheduler accepts.
+pub fn member_name(env: &dyn Fn(&str) -> Option<String>) -> String {
+    let env = |name: &str| env(name).filter(|v| !v.is_empty());
+    let user = env("USER")
+        .or_else(|| env("LOGNAME"))
+        .unwrap_or_else(|| format!("uid{}", nix::unistd::getuid()));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    sanitize_member_name(&format!("{user}@{host}"))
+}
+
+/// `name` with the characters a member name may not hold replaced by `-`,
+/// cut to [`distcc_rs_proto::auth::MAX_MEMBER_NAME`] bytes.
+pub fn sanitize_member_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.@".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    out.truncate(distcc_rs_proto::auth::MAX_MEMBER_NAME);
+    if out.is_empty() {
+        out.push_str("client");
+    }
+    out
 }
 
 /// What the client's file says, as the values of the variables its keys

@@ -478,3 +478,46 @@ fn the_client_reference_lists_every_setting() {
         );
     }
 }
+
+#[test]
+fn the_client_identity_directory_is_per_farm_under_xdg_else_home() {
+    let at = |pairs: &[(&str, &str)], farm| client::default_identity_dir(&env(pairs), farm);
+    assert_eq!(
+        at(&[("XDG_CONFIG_HOME", "/x"), ("HOME", "/h")], "default"),
+        Some(PathBuf::from("/x/distcc-rs/identity/default"))
+    );
+    assert_eq!(
+        at(&[("XDG_CONFIG_HOME", ""), ("HOME", "/h")], "lab"),
+        Some(PathBuf::from("/h/.config/distcc-rs/identity/lab"))
+    );
+    assert_eq!(at(&[], "lab"), None);
+}
+
+#[test]
+fn the_join_token_and_identity_directory_are_client_keys() {
+    let text = "join_token = \"drs1-x\"\nidentity_dir = \"/id\"\n";
+    let parsed = ConfigFile::parse(Path::new("/c.toml"), text).unwrap();
+    let file = ClientFile::from_file(&parsed);
+    assert!(file.problems.is_empty(), "{:?}", file.problems);
+    assert_eq!(file.get("DISTCC_RS_JOIN_TOKEN"), Some("drs1-x"));
+    assert_eq!(file.get("DISTCC_RS_IDENTITY_DIR"), Some("/id"));
+    assert!(client::by_var("DISTCC_RS_JOIN_TOKEN").is_some());
+    assert!(client::by_var("DISTCC_RS_IDENTITY_DIR").is_some());
+}
+
+#[test]
+fn member_names_are_made_acceptable() {
+    assert_eq!(
+        client::sanitize_member_name("alice@build-3.lan"),
+        "alice@build-3.lan"
+    );
+    assert_eq!(client::sanitize_member_name("a b/c@h"), "a-b-c@h");
+    assert_eq!(client::sanitize_member_name(""), "client");
+    assert_eq!(client::sanitize_member_name(&"x".repeat(300)).len(), 128);
+    let name = client::member_name(&env(&[("USER", "bob")]));
+    assert!(name.starts_with("bob@"), "{name}");
+    assert!(
+        distcc_rs_proto::auth::validate_member_name(&name).is_ok(),
+        "{name}"
+    );
+}

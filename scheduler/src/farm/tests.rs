@@ -547,7 +547,9 @@ fn ticket_mac_verifies_only_with_the_nodes_key() {
     farm.allocate(now, &request(), TEST_CLIENT);
     let queued = farm.allocate(now, &request(), CertFingerprint([0xc3; 32]));
     assert!(matches!(queued, Decision::Queued { .. }), "{queued:?}");
-    assert!(farm.release(a.job));
+    // Only the client the job was assigned to can give it back.
+    assert!(!farm.release_by(a.job, CertFingerprint([0xc9; 32])));
+    assert!(farm.release_by(a.job, TEST_CLIENT));
     let granted = farm.dispatch(now);
     let AllocateResponse::Assigned(b) = &granted[0].response else {
         panic!("{granted:?}")
