@@ -30,10 +30,13 @@ use distcc_rs::config::ClientConfig;
 /// DISTCC_RS_PIPELINING=0 (tell cargo a farm compile's .rmeta is ready only
 /// when the compile ends, as a farm without pipelining would; for benchmarks),
 /// DISTCC_RS_LOCAL_SLOTS (how many local compiles may run at once on this
-/// machine, across all wrappers; default: the number of CPUs).
+/// machine, across all wrappers; default: the number of CPUs),
+/// DISTCC_RS_MAX_OUTPUT_SIZE (the most bytes of outputs a node may send back
+/// for one compile; default 4 GiB).
 /// The same settings can be given in ~/.config/distcc-rs/client.toml (or the
 /// file DISTCC_RS_CONFIG names) under shorter keys (scheduler, netname, mdns,
-/// cache_dir, events, log, log_file, disable, pipelining, local_slots); the
+/// cache_dir, events, log, log_file, disable, pipelining, local_slots,
+/// max_output_size); the
 /// variables override the file. `distcc-rs config` shows what is in force.
 /// See docs/CONFIG.md.
 #[derive(Debug, Parser)]

@@ -31,7 +31,7 @@ use crate::argv::{self, CompileJob};
 use crate::config::ClientConfig;
 use crate::hashcache::{HashCache, Outcome};
 use crate::local::AlreadyShown;
-use crate::outputs::OutputPolicy;
+use crate::outputs::{OutputBudget, OutputLimits, OutputPolicy};
 use crate::package::{self, PackageLimits};
 use crate::{depinfo, inputs};
 
@@ -486,6 +486,7 @@ async fn farm(
             forwarded: &mut forwarded,
             traffic,
             pipelining: config.pipelining,
+            output_limits: config.output_limits,
         };
         match run_job(&endpoint, &opts, &assignment, prepared, &mut attempt).await {
             Ok(exit_code) => {
@@ -726,6 +727,7 @@ struct Attempt<'a> {
     traffic: &'a mut Traffic,
     /// When false, the `.rmeta` notification waits for rustc's exit.
     pipelining: bool,
+    output_limits: OutputLimits,
 }
 
 async fn run_job(
@@ -779,8 +781,14 @@ async fn run_job(
     // or the local compile would print a second time. It is small as a
     // rule, but kept on disk past a few MiB.
     let mut stdout_held = tempfile::spooled_tempfile(4 << 20);
+    let mut budget = OutputBudget::new(attempt.output_limits);
     loop {
-        match r.recv::<JobEvent>().await.map_err(net)? {
+        let event = r.recv::<JobEvent>().await.map_err(net)?;
+        budget.admit(&event).map_err(|e| FarmError::Output {
+            node: node.clone(),
+            reason: e.to_string(),
+        })?;
+        match event {
             JobEvent::Running => {}
             JobEvent::Stderr(bytes) if !attempt.pipelining && is_metadata_artifact(&bytes) => {
                 held.push(bytes);
