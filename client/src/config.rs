@@ -18,6 +18,8 @@ use distcc_rs_net::config_file::{Origin, comment};
 use distcc_rs_proto::JoinToken;
 use distcc_rs_proto::discovery::{DEFAULT_FARM, validate_farm_name};
 
+use crate::outputs::OutputLimits;
+
 /// Environment variable names, in one place for the docs and the tests.
 /// Each but `CONFIG` is also a key of the configuration file.
 pub mod vars {
@@ -58,6 +60,8 @@ pub mod vars {
     /// fallbacks) may run at once across every wrapper on this machine that
     /// shares the cache directory (default: the number of CPUs).
     pub const LOCAL_SLOTS: &str = "DISTCC_RS_LOCAL_SLOTS";
+    /// The most bytes of output files a node may send back for one job.
+    pub const MAX_OUTPUT_SIZE: &str = "DISTCC_RS_MAX_OUTPUT_SIZE";
 }
 
 /// The client's settings.
@@ -70,6 +74,8 @@ pub struct ClientConfig {
     /// Whether cargo hears of a farm compile's `.rmeta` as soon as it
     /// arrives (so dependents start early), or only when the compile ends.
     pub pipelining: bool,
+    /// What a node may send back for one job.
+    pub output_limits: OutputLimits,
     /// The farm to look for over mDNS, or why the farm name given is not
     /// one.
     pub farm: Result<String, String>,
@@ -186,6 +192,7 @@ impl ClientConfig {
             events: get(vars::EVENTS).map(PathBuf::from),
             disabled: get(vars::DISABLE).is_some_and(|v| v == "1" || v == "true"),
             pipelining: !get(vars::PIPELINING).is_some_and(|v| v == "0" || v == "false"),
+            output_limits: output_limits(get(vars::MAX_OUTPUT_SIZE)),
             farm,
             mdns: !get(vars::MDNS).is_some_and(|v| v == "0" || v == "false"),
             join_token,
@@ -273,6 +280,9 @@ impl ClientConfig {
                 Ok(dir) => Shown::Computed(path(dir)),
                 Err(_) => Shown::Unset,
             },
+            vars::MAX_OUTPUT_SIZE => Shown::Set(Value::Integer(
+                i64::try_from(self.output_limits.max_total_size).unwrap_or(i64::MAX),
+            )),
             vars::LOCAL_SLOTS => match given {
                 Some(v) => Shown::Set(v.parse().map_or(Value::String(v), Value::Integer)),
                 None => {
@@ -282,6 +292,22 @@ impl ClientConfig {
             _ => given.map_or(Shown::Unset, |v| Shown::Set(Value::String(v))),
         }
     }
+}
+
+/// The output limits, with `max_output_size` (in bytes) if it is a positive
+/// number; anything else leaves the default, which is a limit too.
+fn output_limits(max_output_size: Option<String>) -> OutputLimits {
+    let mut limits = OutputLimits::default();
+    match max_output_size.map(|v| v.trim().parse::<u64>()) {
+        Some(Ok(n)) if n > 0 => limits.max_total_size = n,
+        None => {}
+        Some(_) => tracing::warn!(
+            "{} is not a positive number of bytes; using {}",
+            vars::MAX_OUTPUT_SIZE,
+            limits.max_total_size
+        ),
+    }
+    limits
 }
 
 /// A setting as `distcc-rs config` shows it.
@@ -349,6 +375,21 @@ mod tests {
     }
 
     #[test]
+    fn the_output_limit_has_a_default_and_only_a_number_changes_it() {
+        let c = ClientConfig::from_lookup(env(&[]));
+        assert_eq!(c.output_limits, crate::outputs::OutputLimits::default());
+        assert_eq!(c.output_limits.max_total_size, 4 << 30);
+        let c = ClientConfig::from_lookup(env(&[("DISTCC_RS_MAX_OUTPUT_SIZE", "12345")]));
+        assert_eq!(c.output_limits.max_total_size, 12345);
+        // A value that is no positive number leaves the default limit: a
+        // mistake here must not lift it.
+        for bad in ["0", "-1", "4GiB", "lots"] {
+            let c = ClientConfig::from_lookup(env(&[("DISTCC_RS_MAX_OUTPUT_SIZE", bad)]));
+            assert_eq!(c.output_limits.max_total_size, 4 << 30, "{bad}");
+        }
+    }
+
+    #[test]
     fn farm_and_mdns_settings() {
         let lookup = |pairs: Vec<(&'static str, &'static str)>| {
             ClientConfig::from_lookup(move |k| {
@@ -394,6 +435,7 @@ mod tests {
     const EVERY_KEY: &str = "scheduler = \"10.0.0.1:7700\"\nnetname = \"lab\"\nmdns = false\n\
                              cache_dir = \"/file/cache\"\nevents = \"/file/events\"\n\
                              disable = true\npipelining = false\nlocal_slots = 3\n\
+                             max_output_size = 1000\n\
                              log = \"debug\"\nlog_file = \"/file/log\"\n\
                              identity_dir = \"/file/identity\"\n\
                              join_token = \"drs1-0123456789abcdef0123456789abcdef-\
@@ -416,6 +458,7 @@ mod tests {
         assert!(c.disabled);
         assert!(!c.pipelining);
         assert_eq!(c.setting(vars::LOCAL_SLOTS), Some("3"));
+        assert_eq!(c.output_limits.max_total_size, 1000);
         assert_eq!(c.log.as_deref(), Some("debug"));
         assert_eq!(c.log_file, PathBuf::from("/file/log"));
         assert_eq!(c.identity_dir, Ok(PathBuf::from("/file/identity")));
@@ -441,6 +484,7 @@ mod tests {
             ("DISTCC_RS_DISABLE", "0"),
             ("DISTCC_RS_PIPELINING", "true"),
             ("DISTCC_RS_LOCAL_SLOTS", "5"),
+            ("DISTCC_RS_MAX_OUTPUT_SIZE", "2000"),
             // Empty counts as unset: the file's value stands.
             ("DISTCC_RS_EVENTS", ""),
         ]));
@@ -450,6 +494,7 @@ mod tests {
         assert!(!c.disabled);
         assert!(c.pipelining);
         assert_eq!(c.setting(vars::LOCAL_SLOTS), Some("5"));
+        assert_eq!(c.output_limits.max_total_size, 2000);
         assert_eq!(c.events, Some(PathBuf::from("/file/events")));
         assert_eq!(c.cache_dir, PathBuf::from("/file/cache"));
     }
@@ -626,6 +671,7 @@ mod tests {
             (again.mdns, again.disabled, again.pipelining),
             (c.mdns, c.disabled, c.pipelining)
         );
+        assert_eq!(again.output_limits, c.output_limits);
         assert_eq!(
             again.setting(vars::LOCAL_SLOTS),
             c.setting(vars::LOCAL_SLOTS)
@@ -664,10 +710,11 @@ mod tests {
             vars::LOCAL_SLOTS,
             vars::JOIN_TOKEN,
             vars::IDENTITY_DIR,
+            vars::MAX_OUTPUT_SIZE,
         ] {
             assert!(file::by_var(var).is_some(), "{var}");
         }
-        assert_eq!(SETTINGS.len(), 12);
+        assert_eq!(SETTINGS.len(), 13);
     }
 
     #[test]

@@ -4,11 +4,144 @@
 //! only if it lies directly in one of the output directories the job
 //! declared, so a faulty or hostile node cannot overwrite anything else, and
 //! writes it atomically (temporary file, then rename), so cargo never sees a
-//! half-written `.rmeta` or `.rlib`.
+//! half-written `.rmeta` or `.rlib`. What a node may send back for one job
+//! is bounded too ([`OutputLimits`]), so a hostile node can neither fill this
+//! machine's disk nor its memory.
 
 use std::path::{Component, Path, PathBuf};
 
+use distcc_rs_proto::message::JobEvent;
+
 use crate::argv::{CompileJob, EmitKind};
+
+/// The most bytes of output files one job may write here, all files
+/// together, unless the `max_output_size` setting says otherwise.
+pub const DEFAULT_MAX_OUTPUT_SIZE: u64 = 4 << 30;
+
+/// The most bytes one output file may have: the node refuses larger inputs
+/// (`node/src/manifest.rs`), so a larger output could not be the input of
+/// a dependent compile on the farm anyway.
+pub const MAX_OUTPUT_FILE_SIZE: u64 = 4 << 30;
+
+/// The most output files one job may write. A compile writes a handful
+/// (`.d`, `.rmeta`, `.rlib`, `.a`); every file in the job's output
+/// directories that is not an input comes back, so a proc-macro that
+/// writes files there adds to them.
+pub const MAX_OUTPUT_FILES: usize = 256;
+
+/// The most bytes of rustc's stdout the client keeps for one job (on disk
+/// past a few MiB, until rustc exits); the node sends at most 16 MiB.
+pub const MAX_STDOUT: u64 = 16 << 20;
+
+/// The most bytes of rustc's stderr one job may send. The client keeps
+/// every line it forwarded in memory (a retry or the local rerun must not
+/// show it again); a crate with thousands of warnings writes a few tens of
+/// MiB of JSON diagnostics.
+pub const MAX_STDERR: u64 = 256 << 20;
+
+/// Bounds on what a node may send back for one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimits {
+    /// All output files together, in bytes.
+    pub max_total_size: u64,
+    /// One output file, in bytes.
+    pub max_file_size: u64,
+    pub max_files: usize,
+    pub max_stdout: u64,
+    pub max_stderr: u64,
+}
+
+impl Default for OutputLimits {
+    fn default() -> Self {
+        OutputLimits {
+            max_total_size: DEFAULT_MAX_OUTPUT_SIZE,
+            max_file_size: MAX_OUTPUT_FILE_SIZE,
+            max_files: MAX_OUTPUT_FILES,
+            max_stdout: MAX_STDOUT,
+            max_stderr: MAX_STDERR,
+        }
+    }
+}
+
+/// A node sent more than [`OutputLimits`] allow. The job is a farm
+/// failure: another node or the local rustc compiles it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} exceeds the limit ({got} > {limit})")]
+pub struct OverLimit {
+    pub what: String,
+    pub got: u64,
+    pub limit: u64,
+}
+
+/// What one farm attempt received so far, against its [`OutputLimits`].
+#[derive(Debug, Clone)]
+pub struct OutputBudget {
+    limits: OutputLimits,
+    files: usize,
+    bytes: u64,
+    stdout: u64,
+    stderr: u64,
+}
+
+impl OutputBudget {
+    pub fn new(limits: OutputLimits) -> Self {
+        OutputBudget {
+            limits,
+            files: 0,
+            bytes: 0,
+            stdout: 0,
+            stderr: 0,
+        }
+    }
+
+    /// Counts one event of the job stream, before anything of it is
+    /// written or kept. An output is counted at the size its header
+    /// declares, before its temporary file exists; the client then refuses
+    /// to receive more than that size (`recv_compressed`'s limit), so a
+    /// refused output leaves nothing behind and an admitted one cannot
+    /// grow past what was counted.
+    pub fn admit(&mut self, event: &JobEvent) -> Result<(), OverLimit> {
+        let over = |what: String, got: u64, limit: u64| {
+            if got > limit {
+                Err(OverLimit { what, got, limit })
+            } else {
+                Ok(())
+            }
+        };
+        match event {
+            JobEvent::Output(header) => {
+                over(
+                    format!("the size of output {}", header.path),
+                    header.size,
+                    self.limits.max_file_size,
+                )?;
+                let files = self.files + 1;
+                over(
+                    "the number of output files".into(),
+                    files as u64,
+                    self.limits.max_files as u64,
+                )?;
+                let bytes = self.bytes.saturating_add(header.size);
+                over(
+                    "the total size of the outputs".into(),
+                    bytes,
+                    self.limits.max_total_size,
+                )?;
+                (self.files, self.bytes) = (files, bytes);
+            }
+            JobEvent::Stdout(bytes) => {
+                self.stdout += bytes.len() as u64;
+                over("rustc's stdout".into(), self.stdout, self.limits.max_stdout)?;
+            }
+            JobEvent::Stderr(bytes) => {
+                self.stderr += bytes.len() as u64;
+                over("rustc's stderr".into(), self.stderr, self.limits.max_stderr)?;
+            }
+            JobEvent::Running | JobEvent::Exited { .. } | JobEvent::Failed(_) => {}
+        }
+        Ok(())
+    }
+}
 
 /// The output directories of one job.
 #[derive(Debug, Clone)]
@@ -193,6 +326,92 @@ mod tests {
             let local = policy.check(odd).unwrap();
             assert_eq!(local.parent(), Some(Path::new("/p/out")), "{odd}");
         }
+    }
+
+    fn output(path: &str, size: u64) -> JobEvent {
+        JobEvent::Output(distcc_rs_proto::message::OutputHeader {
+            path: path.into(),
+            size,
+            executable: false,
+        })
+    }
+
+    fn small() -> OutputLimits {
+        OutputLimits {
+            max_total_size: 100,
+            max_file_size: 60,
+            max_files: 3,
+            max_stdout: 10,
+            max_stderr: 20,
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let d = OutputLimits::default();
+        assert_eq!(d.max_total_size, 4 << 30);
+        assert_eq!(d.max_file_size, 4 << 30);
+        assert_eq!(d.max_files, 256);
+        assert_eq!(d.max_stdout, 16 << 20);
+        assert_eq!(d.max_stderr, 256 << 20);
+    }
+
+    #[test]
+    fn one_output_file_may_not_exceed_its_limit() {
+        let mut b = OutputBudget::new(small());
+        b.admit(&output("/o/a", 60)).unwrap();
+        let err = b.admit(&output("/o/b", 61)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the size of output /o/b exceeds the limit (61 > 60)"
+        );
+        // A file declared huge is refused from its header alone.
+        assert!(b.admit(&output("/o/c", u64::MAX)).is_err());
+    }
+
+    #[test]
+    fn all_output_files_together_may_not_exceed_the_total_limit() {
+        let mut b = OutputBudget::new(small());
+        b.admit(&output("/o/a", 50)).unwrap();
+        b.admit(&output("/o/b", 50)).unwrap();
+        let err = b.admit(&output("/o/c", 1)).unwrap_err();
+        assert_eq!(
+            err,
+            OverLimit {
+                what: "the total size of the outputs".into(),
+                got: 101,
+                limit: 100
+            }
+        );
+        // Empty files still count against the number of files.
+        let mut b = OutputBudget::new(small());
+        for name in ["/o/a", "/o/b", "/o/c"] {
+            b.admit(&output(name, 0)).unwrap();
+        }
+        let err = b.admit(&output("/o/d", 0)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the number of output files exceeds the limit (4 > 3)"
+        );
+    }
+
+    #[test]
+    fn stdout_and_stderr_have_limits_of_their_own() {
+        let mut b = OutputBudget::new(small());
+        b.admit(&JobEvent::Stdout(vec![0; 10])).unwrap();
+        b.admit(&JobEvent::Stderr(vec![0; 20])).unwrap();
+        b.admit(&JobEvent::Running).unwrap();
+        b.admit(&JobEvent::Exited { code: 0 }).unwrap();
+        let err = b.admit(&JobEvent::Stdout(vec![0; 1])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rustc's stdout exceeds the limit (11 > 10)"
+        );
+        let err = b.admit(&JobEvent::Stderr(vec![0; 1])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rustc's stderr exceeds the limit (21 > 20)"
+        );
     }
 
     /// What a node can do with the names it picks, played against the real

@@ -33,7 +33,7 @@ use crate::config::ClientConfig;
 use crate::hashcache::{HashCache, Outcome};
 use crate::local::AlreadyShown;
 use crate::membership::{is_refusal, refusal};
-use crate::outputs::OutputPolicy;
+use crate::outputs::{OutputBudget, OutputLimits, OutputPolicy};
 use crate::package::{self, PackageLimits};
 use crate::{depinfo, inputs};
 
@@ -516,6 +516,7 @@ async fn farm(
             forwarded: &mut forwarded,
             traffic,
             pipelining: config.pipelining,
+            output_limits: config.output_limits,
         };
         match run_job(&endpoint, &opts, &assignment, prepared, &mut attempt).await {
             Ok(exit_code) => {
@@ -756,6 +757,7 @@ struct Attempt<'a> {
     traffic: &'a mut Traffic,
     /// When false, the `.rmeta` notification waits for rustc's exit.
     pipelining: bool,
+    output_limits: OutputLimits,
 }
 
 async fn run_job(
@@ -815,8 +817,14 @@ async fn run_job(
     // or the local compile would print a second time. It is small as a
     // rule, but kept on disk past a few MiB.
     let mut stdout_held = tempfile::spooled_tempfile(4 << 20);
+    let mut budget = OutputBudget::new(attempt.output_limits);
     loop {
-        match r.recv::<JobEvent>().await.map_err(net)? {
+        let event = r.recv::<JobEvent>().await.map_err(net)?;
+        budget.admit(&event).map_err(|e| FarmError::Output {
+            node: node.clone(),
+            reason: e.to_string(),
+        })?;
+        match event {
             JobEvent::Running => {}
             JobEvent::Stderr(bytes) if !attempt.pipelining && is_metadata_artifact(&bytes) => {
                 held.push(bytes);

@@ -44,6 +44,10 @@ enum Behaviour {
     Completes,
     /// Reports a compile error: one line on stderr, exit code 1.
     CompileError,
+    /// Replays the whole compile, then sends `files` extra outputs of
+    /// `size` zero bytes each (`junk-N` in the output directory), and exits
+    /// 0, as a hostile node filling the client's disk would.
+    CompletesWithJunk { files: usize, size: usize },
 }
 
 /// The scheduler's answer to one allocation: a node (by index) or "compile
@@ -414,7 +418,7 @@ async fn node(
         let _ = w.send(&JobEvent::Running).await;
         let replay = match &behaviour {
             Behaviour::DiesAfter(n) | Behaviour::FailsAfter(n, _) => *n,
-            Behaviour::Completes => reference.stderr.len(),
+            Behaviour::Completes | Behaviour::CompletesWithJunk { .. } => reference.stderr.len(),
             Behaviour::CompileError | Behaviour::Rejects(_) => 0,
         };
         let _ = replay_compile(&mut w, &reference, replay).await;
@@ -437,6 +441,21 @@ async fn node(
                     }
                 }
                 let _ = w.send(&JobEvent::Stdout(b"hello from n2\n".to_vec())).await;
+                let _ = w.send(&JobEvent::Exited { code: 0 }).await;
+            }
+            Behaviour::CompletesWithJunk { files, size } => {
+                for (path, bytes) in &reference.outputs {
+                    if !path.to_string_lossy().ends_with(".rmeta") {
+                        let _ = send_output(&mut w, path, bytes).await;
+                    }
+                }
+                let dir = reference.outputs[0].0.parent().unwrap();
+                for i in 0..*files {
+                    let junk = dir.join(format!("junk-{i}"));
+                    if send_output(&mut w, &junk, &vec![0; *size]).await.is_err() {
+                        break;
+                    }
+                }
                 let _ = w.send(&JobEvent::Exited { code: 0 }).await;
             }
             Behaviour::CompileError => {
@@ -790,4 +809,96 @@ fn a_certificate_of_another_farm_compiles_locally_and_says_so() {
         "{event}"
     );
     assert!(farm.seen.lock().unwrap().allocations.is_empty());
+}
+
+/// A node that sends more output bytes than the client accepts for one job
+/// fails the job, which the next node compiles; the refused output is never
+/// written, not even in part.
+#[test]
+fn a_node_that_sends_too_many_output_bytes_fails_the_job_not_the_build() {
+    let project = Project::new();
+    let reference = project.reference();
+    let total: usize = reference.outputs.iter().map(|(_, b)| b.len()).sum();
+    let limit = total + 1000;
+    let farm = Farm::start(
+        &reference,
+        vec![
+            Behaviour::CompletesWithJunk {
+                files: 1,
+                size: 1001,
+            },
+            Behaviour::Completes,
+        ],
+        vec![Answer::Node(0), Answer::Node(1)],
+    );
+    let out = project.wrapper_with(
+        farm.scheduler,
+        farm.identity.path(),
+        &[("DISTCC_RS_MAX_OUTPUT_SIZE", &limit.to_string())],
+    );
+
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&reference.stderr.concat())
+    );
+    // No junk, no temporary file: exactly what rustc writes.
+    assert_eq!(project.outputs(), reference.outputs);
+    let event = project.event();
+    assert_eq!(event["where"], "remote", "{event}");
+    assert_eq!(event["node"], "n2", "{event}");
+    assert_eq!(failed_nodes(&event), ["n1"], "{event}");
+    let reason = event["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!(
+            "the total size of the outputs exceeds the limit ({} > {limit})",
+            limit + 1
+        )),
+        "{event}"
+    );
+}
+
+/// A node that sends more output files than the client accepts for one job
+/// fails the job, however small the files.
+#[test]
+fn a_node_that_sends_too_many_output_files_fails_the_job_not_the_build() {
+    let project = Project::new();
+    let reference = project.reference();
+    let limit = distcc_rs::outputs::MAX_OUTPUT_FILES;
+    let farm = Farm::start(
+        &reference,
+        vec![
+            Behaviour::CompletesWithJunk {
+                files: limit,
+                size: 0,
+            },
+            Behaviour::Completes,
+        ],
+        vec![Answer::Node(0), Answer::Node(1)],
+    );
+    let out = project.wrapper(&farm);
+
+    assert!(out.status.success(), "{out:?}");
+    let event = project.event();
+    assert_eq!(event["node"], "n2", "{event}");
+    assert_eq!(failed_nodes(&event), ["n1"], "{event}");
+    let reason = event["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!(
+            "the number of output files exceeds the limit ({} > {limit})",
+            limit + 1
+        )),
+        "{event}"
+    );
+    // What rustc writes is n2's; the junk files n1 got in before the limit
+    // (each whole, and empty) stay.
+    let outputs = project.outputs();
+    for (path, bytes) in &reference.outputs {
+        assert!(outputs.contains(&(path.clone(), bytes.clone())), "{path:?}");
+    }
+    assert!(
+        outputs.len() <= limit,
+        "{} files in the output directory",
+        outputs.len()
+    );
 }

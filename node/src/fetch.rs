@@ -175,6 +175,11 @@ fn install(
     // trusted yet, but a lie about the sizes fails the unpacking, which
     // checks every file against it.
     let announced = read_manifest(download).map_err(FetchError::Corrupt)?;
+    // A manifest announcing more than any bundle may unpack to must not
+    // make the cache evict toolchains for it.
+    distcc_rs_pack::UnpackLimits::default()
+        .check_manifest(&announced)
+        .map_err(|e| FetchError::Corrupt(e.to_string()))?;
     let room = shared
         .toolchains
         .make_room(id, announced.total_size(), older_than);

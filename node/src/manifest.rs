@@ -19,6 +19,19 @@ pub struct Limits {
     pub max_total_size: u64,
     pub max_args: usize,
     pub max_env: usize,
+    /// Directories to create (`dirs`); each is a directory in the job root.
+    pub max_dirs: usize,
+    /// Output directories; each is a writable bind mount in the sandbox and
+    /// a directory whose files go back to the client. A compile has one or
+    /// two.
+    pub max_output_dirs: usize,
+    /// Bytes in one path: Linux's `PATH_MAX`, past which no file could be
+    /// opened by its path anyway.
+    pub max_path_len: usize,
+    /// Components of one path. The checks for files beneath files walk
+    /// every ancestor of every path, so a request of deep paths would cost
+    /// time quadratic in their length; real paths are a few dozen deep.
+    pub max_path_depth: usize,
 }
 
 impl Default for Limits {
@@ -29,6 +42,10 @@ impl Default for Limits {
             max_total_size: 32 << 30,
             max_args: 100_000,
             max_env: 10_000,
+            max_dirs: 100_000,
+            max_output_dirs: 64,
+            max_path_len: 4096,
+            max_path_depth: 256,
         }
     }
 }
@@ -127,6 +144,25 @@ pub fn validate<'a>(req: &'a JobRequest, limits: &Limits) -> Result<ValidJob<'a>
     bound("file count", req.files.len(), limits.max_files)?;
     bound("argument count", req.args.len(), limits.max_args)?;
     bound("environment size", req.env.len(), limits.max_env)?;
+    bound("directory count", req.dirs.len(), limits.max_dirs)?;
+    bound(
+        "output directory count",
+        req.output_dirs.len(),
+        limits.max_output_dirs,
+    )?;
+    // Every path is bounded before anything walks it.
+    for path in req
+        .files
+        .iter()
+        .map(|f| &f.path)
+        .chain(&req.dirs)
+        .chain(&req.output_dirs)
+        .chain([&req.cwd])
+    {
+        bound("path length", path.len(), limits.max_path_len)?;
+        let depth = path.bytes().filter(|&b| b == b'/').count();
+        bound("path depth", depth, limits.max_path_depth)?;
+    }
 
     for (k, v) in &req.env {
         if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
@@ -351,6 +387,10 @@ mod tests {
             max_total_size: 150,
             max_args: 3,
             max_env: 2,
+            max_dirs: 3,
+            max_output_dirs: 2,
+            max_path_len: 40,
+            max_path_depth: 7,
         };
         // What the case changes, the kind of refusal, and what the message
         // must name so the client's log says what was wrong.
@@ -572,6 +612,88 @@ mod tests {
                     )
                 },
                 "environment size",
+            ),
+            (
+                |r| r.dirs.extend(["/w/a".into(), "/w/b".into()]),
+                |e| {
+                    matches!(
+                        e,
+                        ManifestError::TooLarge {
+                            what: "directory count",
+                            got: 4,
+                            limit: 3
+                        }
+                    )
+                },
+                "directory count",
+            ),
+            (
+                |r| r.output_dirs.extend(["/w/a".into(), "/w/b".into()]),
+                |e| {
+                    matches!(
+                        e,
+                        ManifestError::TooLarge {
+                            what: "output directory count",
+                            got: 3,
+                            limit: 2
+                        }
+                    )
+                },
+                "output directory count",
+            ),
+            (
+                |r| r.files[0].path = format!("/w/{}", "x".repeat(38)),
+                |e| {
+                    matches!(
+                        e,
+                        ManifestError::TooLarge {
+                            what: "path length",
+                            got: 41,
+                            limit: 40
+                        }
+                    )
+                },
+                "path length",
+            ),
+            (
+                |r| r.cwd = format!("/w{}", "/xx".repeat(13)),
+                |e| {
+                    matches!(
+                        e,
+                        ManifestError::TooLarge {
+                            what: "path length",
+                            ..
+                        }
+                    )
+                },
+                "path length",
+            ),
+            (
+                |r| r.dirs.push("/w/a/b/c/d/e/f/g".into()),
+                |e| {
+                    matches!(
+                        e,
+                        ManifestError::TooLarge {
+                            what: "path depth",
+                            got: 8,
+                            limit: 7
+                        }
+                    )
+                },
+                "path depth",
+            ),
+            (
+                |r| r.output_dirs.push("/w/a/b/c/d/e/f/g".into()),
+                |e| {
+                    matches!(
+                        e,
+                        ManifestError::TooLarge {
+                            what: "path depth",
+                            ..
+                        }
+                    )
+                },
+                "path depth",
             ),
             // Strings the sandbox's command line cannot carry.
             (

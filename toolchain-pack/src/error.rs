@@ -71,6 +71,15 @@ pub enum PackError {
     #[error("malformed bundle: {0}")]
     Malformed(String),
 
+    /// The bundle would unpack to more than a limit allows (see
+    /// `UnpackLimits`): too many bytes, too many entries, too long a path.
+    #[error("the bundle's {what} exceeds the limit ({got} > {limit})")]
+    TooLarge {
+        what: &'static str,
+        got: u64,
+        limit: u64,
+    },
+
     /// A file that every toolchain must have is absent from the sysroot.
     #[error("toolchain file missing: {0}")]
     MissingFile(PathBuf),

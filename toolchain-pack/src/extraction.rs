@@ -23,6 +23,66 @@ use crate::manifest::{BUNDLE_MANIFEST_PATH, BundleFile, BundleManifest};
 /// making us allocate gigabytes before the hash could reject it.
 const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
+/// Bounds on what one bundle may unpack to. The compressed size of a bundle
+/// is bounded where it is received (the scheduler's and the node's
+/// `--max-bundle-size`), but zstd and tar expand: a few MiB of compressed
+/// zeros can stand for terabytes of file content, and a tar header of 512
+/// bytes, which compresses to almost nothing, for one more directory.
+/// A real toolchain is a few hundred files and well under 2 GiB unpacked,
+/// even with several targets' standard libraries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Bytes of file content, all files together (the manifest included).
+    pub max_unpacked_size: u64,
+    /// Archive entries of any kind: files, directories, links.
+    pub max_entries: usize,
+    /// Bytes in one entry's path or link target. Linux's `PATH_MAX`; a
+    /// longer path could not be opened anyway, and the checks on an entry
+    /// walk its ancestors, so a deep path would cost time per entry.
+    pub max_path_len: usize,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        UnpackLimits {
+            max_unpacked_size: 8 << 30,
+            max_entries: 100_000,
+            max_path_len: 4096,
+        }
+    }
+}
+
+impl UnpackLimits {
+    /// Checks what a manifest announces, before anything is unpacked or any
+    /// room is made for it. The unpack itself checks the archive against
+    /// the manifest and these limits again, entry by entry.
+    pub fn check_manifest(&self, manifest: &BundleManifest) -> Result<(), PackError> {
+        // The manifest is an entry too.
+        bound(
+            "number of entries",
+            manifest.files.len() as u64 + 1,
+            self.max_entries as u64,
+        )?;
+        bound(
+            "unpacked size",
+            manifest.total_size(),
+            self.max_unpacked_size,
+        )?;
+        for f in &manifest.files {
+            bound("path length", f.path.len() as u64, self.max_path_len as u64)?;
+        }
+        Ok(())
+    }
+}
+
+fn bound(what: &'static str, got: u64, limit: u64) -> Result<(), PackError> {
+    if got > limit {
+        Err(PackError::TooLarge { what, got, limit })
+    } else {
+        Ok(())
+    }
+}
+
 /// Unpacks a compressed bundle read from `reader` into `dest`, which must not
 /// exist yet. The content goes into a temporary sibling directory first and
 /// is renamed into place only once the BLAKE3 of the uncompressed tar stream
@@ -33,6 +93,16 @@ pub fn unpack(
     reader: impl Read,
     dest: &Path,
     expected: ToolchainId,
+) -> Result<BundleManifest, PackError> {
+    unpack_with_limits(reader, dest, expected, &UnpackLimits::default())
+}
+
+/// [`unpack`] within `limits` rather than the default ones.
+pub fn unpack_with_limits(
+    reader: impl Read,
+    dest: &Path,
+    expected: ToolchainId,
+    limits: &UnpackLimits,
 ) -> Result<BundleManifest, PackError> {
     if fs::symlink_metadata(dest).is_ok() {
         return Err(PackError::DestinationExists(dest.to_owned()));
@@ -46,7 +116,7 @@ pub fn unpack(
         .prefix(".distcc-rs-unpack-")
         .tempdir_in(parent)
         .map_err(PackError::io(parent))?;
-    let (manifest, _) = scan(reader, Some(expected), Some(tmp.path()))?;
+    let (manifest, _) = scan(reader, Some(expected), Some(tmp.path()), limits)?;
     // tempfile creates the directory as 0o700; the sandbox may run rustc
     // under another uid that needs to read it.
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))
@@ -85,7 +155,7 @@ pub struct Verified {
 pub fn verify_contents(path: &Path, expected: Option<ToolchainId>) -> Result<Verified, PackError> {
     let file = File::open(path).map_err(PackError::io(path))?;
     let compressed_size = file.metadata().map_err(PackError::io(path))?.len();
-    let (manifest, id) = scan(file, expected, None)?;
+    let (manifest, id) = scan(file, expected, None, &UnpackLimits::default())?;
     Ok(Verified {
         id,
         compressed_size,
@@ -99,14 +169,14 @@ pub fn verify_contents(path: &Path, expected: Option<ToolchainId>) -> Result<Ver
 /// file contents without writing anything.
 pub fn verify_file(path: &Path, expected: ToolchainId) -> Result<BundleManifest, PackError> {
     let file = File::open(path).map_err(PackError::io(path))?;
-    scan(file, Some(expected), None).map(|(manifest, _)| manifest)
+    scan(file, Some(expected), None, &UnpackLimits::default()).map(|(manifest, _)| manifest)
 }
 
 /// Checks a compressed bundle file's manifest and entry paths and computes
 /// its id, for a file whose expected id is unknown (it is not named by it).
 pub fn identify_file(path: &Path) -> Result<(BundleManifest, ToolchainId), PackError> {
     let file = File::open(path).map_err(PackError::io(path))?;
-    scan(file, None, None)
+    scan(file, None, None, &UnpackLimits::default())
 }
 
 /// What an entry was, for the checks on the entries after it.
@@ -120,10 +190,13 @@ enum Kind {
 /// Streams a bundle: reads the manifest, checks every entry, unpacks it under
 /// `root` when one is given, and finally compares the stream hash with
 /// `expected` when one is given. Returns the manifest and the actual id.
+/// Refuses a bundle past `limits` as soon as its manifest or its entries
+/// show it, before writing the entry that goes over.
 fn scan(
     reader: impl Read,
     expected: Option<ToolchainId>,
     root: Option<&Path>,
+    limits: &UnpackLimits,
 ) -> Result<(BundleManifest, ToolchainId), PackError> {
     let decoder =
         zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 20, reader))
@@ -142,7 +215,11 @@ fn scan(
             .ok_or_else(|| PackError::Malformed("the archive is empty".into()))?
             .map_err(PackError::Stream)?;
         let manifest = read_manifest(first, root)?;
+        limits.check_manifest(&manifest)?;
         seen.insert(PathBuf::from(BUNDLE_MANIFEST_PATH), Kind::File(0));
+        // Counted as entries arrive, whatever the manifest said; the
+        // manifest's own bytes are bounded by MAX_MANIFEST_BYTES.
+        let mut unpacked = 0u64;
         let listed: BTreeMap<&Path, &BundleFile> = manifest
             .files
             .iter()
@@ -155,11 +232,18 @@ fn scan(
                 entry: format!("the entry after {}", previous.display()),
                 source,
             })?;
-            let path = check_entry(&entry, &mut seen)?;
+            bound(
+                "number of entries",
+                seen.len() as u64 + 1,
+                limits.max_entries as u64,
+            )?;
+            let path = check_entry(&entry, &mut seen, limits)?;
             match seen[&path] {
                 Kind::File(size) => {
                     let file = listed.get(path.as_path()).copied();
                     check_file_header(&path, size, &entry, file)?;
+                    unpacked = unpacked.saturating_add(size);
+                    bound("unpacked size", unpacked, limits.max_unpacked_size)?;
                     let digest = copy_file(&mut entry, &path, root, &mut buf)?;
                     if let Some(file) = file
                         && file.digest != digest
@@ -347,8 +431,11 @@ fn read_manifest<R: Read>(
 fn check_entry<R: Read>(
     entry: &tar::Entry<'_, R>,
     seen: &mut BTreeMap<PathBuf, Kind>,
+    limits: &UnpackLimits,
 ) -> Result<PathBuf, PackError> {
     let path = entry.path().map_err(PackError::Stream)?.into_owned();
+    let max_path_len = limits.max_path_len as u64;
+    bound("path length", path.as_os_str().len() as u64, max_path_len)?;
     let shown = || path.display().to_string();
     if !is_plain_relative(&path) {
         return Err(PackError::UnsafePath(shown()));
@@ -379,6 +466,7 @@ fn check_entry<R: Read>(
             .map_err(PackError::Stream)?
             .ok_or_else(|| PackError::Malformed(format!("link {} has no target", shown())))?
             .into_owned();
+        bound("path length", target.as_os_str().len() as u64, max_path_len)?;
         let bad_target = || PackError::UnsafePath(format!("{} -> {}", shown(), target.display()));
         if !is_plain_relative(&target) {
             return Err(bad_target());
@@ -651,7 +739,9 @@ mod tests {
         let (same, same_id) = rewrite(&bundle.path, |_, _, _| {});
         assert_eq!(same_id, bundle.id);
         assert_eq!(
-            scan(&same[..], Some(bundle.id), None).unwrap().0,
+            scan(&same[..], Some(bundle.id), None, &UnpackLimits::default())
+                .unwrap()
+                .0,
             bundle.manifest
         );
 
@@ -690,7 +780,7 @@ mod tests {
                 data.push(0);
             }
         });
-        let err = scan(&bytes[..], Some(id), None).unwrap_err();
+        let err = scan(&bytes[..], Some(id), None, &UnpackLimits::default()).unwrap_err();
         assert!(
             matches!(&err, PackError::Malformed(m) if m.contains(driver) && m.contains("bytes")),
             "{err}"
@@ -700,7 +790,7 @@ mod tests {
                 header.set_mode(0o644);
             }
         });
-        let err = scan(&bytes[..], Some(id), None).unwrap_err();
+        let err = scan(&bytes[..], Some(id), None, &UnpackLimits::default()).unwrap_err();
         assert!(
             matches!(&err, PackError::Malformed(m) if m.contains("bin/rustc") && m.contains("executable")),
             "{err}"
@@ -709,7 +799,7 @@ mod tests {
     }
 
     fn verify_file_bytes(bytes: &[u8], id: ToolchainId) -> Result<BundleManifest, PackError> {
-        scan(bytes, Some(id), None).map(|(manifest, _)| manifest)
+        scan(bytes, Some(id), None, &UnpackLimits::default()).map(|(manifest, _)| manifest)
     }
 
     /// A hostile entry as raw header fields; the tar crate's safe setters
@@ -805,7 +895,7 @@ mod tests {
             assert!(matches!(err, PackError::UnsafePath(_)), "{err}");
             assert!(!dest.exists());
             assert!(matches!(
-                scan(&bytes[..], Some(id), None),
+                scan(&bytes[..], Some(id), None, &UnpackLimits::default()),
                 Err(PackError::UnsafePath(_))
             ));
         }
@@ -990,7 +1080,13 @@ mod tests {
         let (bytes, id) = hostile_bundle(&[Hostile::Zeros("lib/unlisted", 8 << 20)]);
         assert!(bytes.len() < 64 << 10, "zeros compress: {}", bytes.len());
         let root = tempfile::tempdir().unwrap();
-        let err = scan(&bytes[..], Some(id), Some(root.path())).unwrap_err();
+        let err = scan(
+            &bytes[..],
+            Some(id),
+            Some(root.path()),
+            &UnpackLimits::default(),
+        )
+        .unwrap_err();
         assert!(
             matches!(&err, PackError::Malformed(m) if m.contains("lib/unlisted")),
             "{err}"
@@ -1030,6 +1126,164 @@ mod tests {
         );
         assert!(!dest.exists());
         assert_no_leftovers(dir.path(), 0);
+    }
+
+    /// Unpacks `bytes` under `limits` into a fresh directory and returns
+    /// the error, checking that nothing was left behind.
+    fn unpack_error(bytes: &[u8], id: ToolchainId, limits: UnpackLimits) -> PackError {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("tc");
+        let err = unpack_with_limits(bytes, &dest, id, &limits).unwrap_err();
+        assert!(!dest.exists(), "{err}");
+        assert_no_leftovers(dir.path(), 0);
+        err
+    }
+
+    #[test]
+    fn the_default_unpack_limits_are_the_documented_ones() {
+        let d = UnpackLimits::default();
+        assert_eq!(d.max_unpacked_size, 8 << 30);
+        assert_eq!(d.max_entries, 100_000);
+        assert_eq!(d.max_path_len, 4096);
+    }
+
+    #[test]
+    fn a_bundle_with_too_many_entries_is_refused() {
+        // The manifest, bin/rustc, and two directories: four entries.
+        let (bytes, id) = hostile_bundle(&[Hostile::Dir("lib/a"), Hostile::Dir("lib/b")]);
+        let limits = UnpackLimits {
+            max_entries: 4,
+            ..UnpackLimits::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        unpack_with_limits(&bytes[..], &dir.path().join("tc"), id, &limits).unwrap();
+        let err = unpack_error(
+            &bytes,
+            id,
+            UnpackLimits {
+                max_entries: 3,
+                ..limits
+            },
+        );
+        assert!(
+            matches!(
+                err,
+                PackError::TooLarge {
+                    what: "number of entries",
+                    got: 4,
+                    limit: 3
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the bundle's number of entries exceeds the limit (4 > 3)"
+        );
+        // Directories and links count, not only the files the manifest
+        // lists, so the manifest alone cannot tell.
+        let (bytes, id) = hostile_bundle(&[Hostile::Symlink("lib/alias", "real/file")]);
+        let err = unpack_error(
+            &bytes,
+            id,
+            UnpackLimits {
+                max_entries: 2,
+                ..limits
+            },
+        );
+        assert!(matches!(err, PackError::TooLarge { got: 3, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_bundle_that_unpacks_to_too_many_bytes_is_refused() {
+        // bin/rustc has 2 bytes.
+        let (bytes, id) = hostile_bundle(&[]);
+        let limits = UnpackLimits {
+            max_unpacked_size: 1,
+            ..UnpackLimits::default()
+        };
+        let err = unpack_error(&bytes, id, limits);
+        assert!(
+            matches!(
+                err,
+                PackError::TooLarge {
+                    what: "unpacked size",
+                    got: 2,
+                    limit: 1
+                }
+            ),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        unpack_with_limits(
+            &bytes[..],
+            &dir.path().join("tc"),
+            id,
+            &UnpackLimits {
+                max_unpacked_size: 2,
+                ..limits
+            },
+        )
+        .unwrap();
+
+        // A manifest announcing more than fits is refused from the manifest
+        // alone, sizes that overflow included: a node checks it before it
+        // makes room for the toolchain.
+        let (good, _) = hostile_bundle(&[]);
+        let manifest = unpack(&good[..], &dir.path().join("again"), id).unwrap();
+        let mut huge = manifest.clone();
+        huge.files[0].size = 8 << 30;
+        huge.files.push(BundleFile {
+            path: "lib/big".into(),
+            size: u64::MAX,
+            ..huge.files[0].clone()
+        });
+        let err = UnpackLimits::default().check_manifest(&huge).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PackError::TooLarge {
+                    what: "unpacked size",
+                    got: u64::MAX,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        UnpackLimits::default().check_manifest(&manifest).unwrap();
+    }
+
+    #[test]
+    fn a_bundle_entry_with_too_long_a_path_is_refused() {
+        let long = "lib/0123456789";
+        let limits = UnpackLimits {
+            max_path_len: long.len() - 1,
+            ..UnpackLimits::default()
+        };
+        let (bytes, id) = hostile_bundle(&[Hostile::Dir(long)]);
+        let err = unpack_error(&bytes, id, limits);
+        assert!(
+            matches!(err, PackError::TooLarge { what: "path length", got, .. } if got == long.len() as u64),
+            "{err}"
+        );
+        let (bytes, id) = hostile_bundle(&[Hostile::Symlink("lib/x", long)]);
+        let err = unpack_error(&bytes, id, limits);
+        assert!(
+            matches!(
+                err,
+                PackError::TooLarge {
+                    what: "path length",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let fits = UnpackLimits {
+            max_path_len: long.len(),
+            ..limits
+        };
+        unpack_with_limits(&bytes[..], &dir.path().join("tc"), id, &fits).unwrap();
     }
 
     #[test]

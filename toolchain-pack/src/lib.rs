@@ -33,7 +33,9 @@ pub use cache::{
     RemovalReason, ensure_cached, gc, list_cache,
 };
 pub use error::PackError;
-pub use extraction::{Verified, identify_file, unpack, verify_contents, verify_file};
+pub use extraction::{
+    UnpackLimits, Verified, identify_file, unpack, unpack_with_limits, verify_contents, verify_file,
+};
 pub use manifest::{BUNDLE_FORMAT, BUNDLE_MANIFEST_PATH, BundleFile, BundleManifest};
 pub use smoke::{
     SMOKE_TIMEOUT, SmokeReport, TargetCheck, bwrap_launcher, rustc_command, smoke_test,

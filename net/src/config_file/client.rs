@@ -128,6 +128,15 @@ pub const SETTINGS: &[Setting] = &[
                   directory.",
     },
     Setting {
+        key: "max_output_size",
+        var: "DISTCC_RS_MAX_OUTPUT_SIZE",
+        kind: Kind::Count,
+        default: "`4294967296` (4 GiB)",
+        meaning: "The most bytes of output files a node may send back for one compile, all \
+                  files together (one file may have at most 4 GiB). A node that sends more \
+                  fails the job, which is then compiled elsewhere or locally.",
+    },
+    Setting {
         key: "log",
         var: "DISTCC_RS_LOG",
         kind: Kind::Text,

@@ -31,9 +31,15 @@ const STEP: Duration = Duration::from_secs(30);
 /// A valid bundle in the layout `distcc-rs-pack` writes (manifest first,
 /// then a tiny "rustc" of `size` bytes): its id and compressed bytes.
 fn bundle(seed: u8, size: usize) -> (ToolchainId, Vec<u8>) {
+    bundle_claiming(seed, size, size as u64)
+}
+
+/// A bundle whose manifest says its rustc has `claimed` bytes, whatever
+/// it has.
+fn bundle_claiming(seed: u8, size: usize, claimed: u64) -> (ToolchainId, Vec<u8>) {
     let rustc: Vec<u8> = (0..size).map(|i| (i as u8) ^ seed).collect();
     let manifest = format!(
-        r#"{{"format":1,"rustc_version":"rustc 0.0.0 (fake {seed})\nhost: x86_64-unknown-linux-gnu\n","host":"x86_64-unknown-linux-gnu","rustc":"bin/rustc","interpreter":"","library_path":[],"files":[{{"path":"bin/rustc","size":{size},"digest":"{digest}","executable":true}}]}}"#,
+        r#"{{"format":1,"rustc_version":"rustc 0.0.0 (fake {seed})\nhost: x86_64-unknown-linux-gnu\n","host":"x86_64-unknown-linux-gnu","rustc":"bin/rustc","interpreter":"","library_path":[],"files":[{{"path":"bin/rustc","size":{claimed},"digest":"{digest}","executable":true}}]}}"#,
         digest = blake3::hash(&rustc).to_hex(),
     );
     let mut tar = tar::Builder::new(Vec::new());
@@ -469,6 +475,39 @@ async fn a_full_cache_evicts_the_least_recently_used_toolchain_and_says_so() {
     let mut cached = cached;
     cached.sort();
     assert_eq!(cached, [b.to_string(), format!("{b}.used")]);
+    farm.stop().await;
+}
+
+/// A manifest that announces more than any bundle may unpack to is refused
+/// before the cache makes room for it, so it evicts nothing.
+#[tokio::test]
+async fn a_bundle_announcing_too_much_evicts_nothing() {
+    let (a, bundle_a) = bundle(5, 6000);
+    let (b, bundle_b) = bundle_claiming(6, 6000, 9 << 30);
+    let mut farm = Farm::start(
+        10_000,
+        false,
+        script(vec![(a, vec![bundle_a]), (b, vec![bundle_b])]),
+    )
+    .await;
+    farm.job(a).await.unwrap();
+    assert_eq!(farm.toolchain_event().await, NodeEvent::ToolchainReady(a));
+    let outcome = farm.job(b).await.unwrap();
+    let JobEvent::Failed(JobError::ToolchainUnavailable { reason, .. }) = outcome else {
+        panic!("the job should fail for want of its toolchain: {outcome:?}");
+    };
+    assert!(
+        reason.contains("the bundle's unpacked size exceeds the limit (9663676416 > 8589934592)"),
+        "{reason}"
+    );
+    assert!(
+        farm.work
+            .path()
+            .join("toolchains")
+            .join(a.to_string())
+            .is_dir(),
+        "toolchain a was evicted for a bundle that could never fit"
+    );
     farm.stop().await;
 }
 

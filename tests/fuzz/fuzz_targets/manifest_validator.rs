@@ -206,6 +206,19 @@ fn check(req: &JobRequest, limits: &Limits) {
     assert!(req.files.len() <= limits.max_files);
     assert!(req.args.len() <= limits.max_args);
     assert!(req.env.len() <= limits.max_env);
+    assert!(req.dirs.len() <= limits.max_dirs);
+    assert!(req.output_dirs.len() <= limits.max_output_dirs);
+    for path in req
+        .files
+        .iter()
+        .map(|f| &f.path)
+        .chain(&req.dirs)
+        .chain(&req.output_dirs)
+        .chain([&req.cwd])
+    {
+        assert!(path.len() <= limits.max_path_len, "{path:?}");
+        assert!(path.matches('/').count() <= limits.max_path_depth, "{path:?}");
+    }
     assert!(req.files.iter().all(|f| f.size <= limits.max_file_size));
     assert!(valid.total_size <= limits.max_total_size);
     assert_eq!(
@@ -266,6 +279,10 @@ fuzz_target!(|data: &[u8]| {
             max_total_size: 2500,
             max_args: 4,
             max_env: 4,
+            max_dirs: 4,
+            max_output_dirs: 2,
+            max_path_len: 64,
+            max_path_depth: 8,
         }
     } else {
         Limits::default()
