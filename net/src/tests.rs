@@ -301,6 +301,75 @@ mod authentication {
         assert!(theirs.to_string().contains("Revoked"), "{theirs}");
     }
 
+    /// A member that connected before its revocation cannot come back on
+    /// the same endpoint (which would otherwise resume its TLS session and
+    /// skip the certificate check).
+    #[tokio::test]
+    async fn a_revoked_certificate_cannot_resume_its_session() {
+        let farm = TestFarm::new();
+        let (id, auth) = farm.member(PeerRole::Client);
+        let revoked = Revocations::default();
+        let opts = EndpointOptions::default();
+        let (server_id, _) = farm.member(PeerRole::Scheduler);
+        let server_auth = PeerAuth::Farm(FarmTrust {
+            ca: farm.ca.cert_der().clone(),
+            revoked: revoked.clone(),
+            allow_anonymous: true,
+        });
+        let server = bind_server(
+            "127.0.0.1:0".parse().unwrap(),
+            &server_id,
+            &server_auth,
+            &opts,
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let accepting = tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(conn) = incoming.await {
+                        // Answer one request, so the client has heard
+                        // everything the handshake sends (session tickets
+                        // included) before it closes.
+                        if let Some((mut w, mut r)) = accept_stream(&conn).await {
+                            let _ = r.recv::<SchedulerRequest>().await;
+                            let _ = w.send(&SchedulerRequest::Status).await;
+                            let _ = w.finish();
+                        }
+                        conn.closed().await;
+                    }
+                });
+            }
+        });
+        let client = bind_client(addr, Some(&id), &auth, &opts).unwrap();
+        let first = connect(&client, addr, PeerRole::Scheduler, &opts)
+            .await
+            .unwrap();
+        let (mut w, mut r) = open_stream(&first).await.unwrap();
+        w.send(&SchedulerRequest::Status).await.unwrap();
+        r.recv::<SchedulerRequest>().await.unwrap();
+        first.close(0u32.into(), b"");
+
+        revoked.replace([crate::pki::fingerprint(&id.cert_chain[0])].into());
+        let second = connect(&client, addr, PeerRole::Scheduler, &opts).await;
+        let err = match second {
+            Err(e) => e,
+            Ok(conn) => {
+                let (mut w, _r) = open_stream(&conn).await.unwrap();
+                let _ = w.send(&SchedulerRequest::Status).await;
+                let closed = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed())
+                    .await
+                    .expect("the revoked member's resumed connection was accepted");
+                endpoint::explain(closed, addr, PROTOCOL)
+            }
+        };
+        assert!(
+            matches!(err, NetError::RefusedUs { alert: 44, .. }),
+            "{err}"
+        );
+        accepting.abort();
+    }
+
     #[tokio::test]
     async fn a_server_of_the_wrong_role_is_not_trusted() {
         let farm = TestFarm::new();

@@ -163,6 +163,12 @@ pub fn server_crypto(
         .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())
         .map_err(|e| NetError::Tls(e.to_string()))?;
     tls.alpn_protocols = vec![alpn];
+    // A resumed TLS 1.3 session skips the client certificate check, so a
+    // revoked member could come back on a ticket from before its
+    // revocation. Every handshake is therefore a full one; compile
+    // wrappers are new processes and never resumed anyway.
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
     // QUIC requires 0 or u32::MAX here.
     tls.max_early_data_size = u32::MAX;
     Ok(tls)
@@ -198,6 +204,9 @@ pub fn client_crypto(
             .map_err(|e| NetError::Tls(e.to_string()))?,
         None => builder.with_no_client_auth(),
     };
+    // See `server_crypto`: servers do not resume, so there is nothing to
+    // remember.
+    tls.resumption = rustls::client::Resumption::disabled();
     tls.alpn_protocols = vec![alpn];
     Ok(tls)
 }

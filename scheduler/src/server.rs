@@ -416,6 +416,18 @@ pub(crate) async fn serve_connection(shared: Arc<Shared>, conn: Connection) {
         certificate = %cert.map_or_else(|| "none".to_owned(), |c| c.fingerprint.short()),
         "peer authenticated"
     );
+    // The TLS verifier refuses revoked certificates; this second check
+    // covers a connection whose handshake raced the revocation.
+    if let Some(c) = cert
+        && shared.security.revocations.contains(&c.fingerprint)
+    {
+        warn!(certificate = %c.fingerprint.short(), "closing the connection of a revoked certificate");
+        conn.close(
+            close::REVOKED.into(),
+            b"this certificate has been revoked by the farm's admin",
+        );
+        return;
+    }
     let _tracked = cert.map(|c| TrackedConnection::new(&shared, c.fingerprint, &conn));
     let mut streams = JoinSet::new();
     loop {
