@@ -600,6 +600,12 @@ impl Layered {
                 _ => raw.first().map(|v| typed(arg, v)),
             };
             match (value, computed.iter().find(|c| c.key == key)) {
+                // A setting whose variable's value --help hides (a join
+                // token) is a secret, and this output ends up in bug
+                // reports.
+                (Some(_), _) if arg.is_hide_env_values_set() => {
+                    out += &format!("# {key}: set, not shown  # {origin}\n");
+                }
                 (Some(value), _) => out += &format!("{key} = {value}  # {origin}\n"),
                 (None, Some(c)) => {
                     out += &format!("# {key} = {}  # default, worked out at start-up\n", c.value)

@@ -48,15 +48,20 @@ pub fn authorize(role: Option<PeerRole>, request: &SchedulerRequest) -> Result<(
         | SchedulerRequest::RemoveToolchain { .. } => &[Client],
         SchedulerRequest::Status => &[Client, Node],
     };
-    let what = request_name(request);
+    let name = request_name(request);
+    let what = if name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {name}")
+    } else {
+        format!("a {name}")
+    };
     match role {
         Some(role) if allowed.contains(&role) => Ok(()),
         Some(role) => Err(Denied(format!(
-            "a {what} needs a {} certificate and this peer's is a {role} certificate",
+            "{what} needs a {} certificate and this peer's is a {role} certificate",
             names(allowed)
         ))),
         None => Err(Denied(format!(
-            "a {what} needs a farm certificate and this peer presented none; enroll first with \
+            "{what} needs a farm certificate and this peer presented none; enroll first with \
              the farm's join token"
         ))),
     }
@@ -159,6 +164,13 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "a node registration needs a node certificate and this peer's is a client certificate"
+        );
+        let allocate = &every_request()[1];
+        let err = authorize(Some(PeerRole::Node), allocate).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("an allocation needs a client certificate"),
+            "{err}"
         );
         let err = authorize(None, &SchedulerRequest::Status).unwrap_err();
         assert!(err.to_string().contains("presented none"), "{err}");

@@ -268,6 +268,22 @@ async fn adopt(
         Err(why) => return (Outcome::Failed, Some(why)),
     };
     let peer = conn.remote_address();
+    // TLS checked that the node's certificate is the farm's and a node's;
+    // whether it was revoked only the scheduler knows.
+    if let Some(revoked) = shared.revoked_peer(&conn) {
+        conn.close(
+            distcc_rs_proto::auth::close::REVOKED.into(),
+            b"this certificate has been revoked by the farm's admin",
+        );
+        return (
+            Outcome::Failed,
+            Some(format!(
+                "the node at {peer} holds a revoked certificate ({}); stop it, or remove it \
+                 from --node",
+                revoked.short()
+            )),
+        );
+    }
     let (w, r, reply) = match ask(&conn, me).await {
         Ok(asked) => asked,
         Err(e) => {

@@ -327,6 +327,15 @@ mod admin {
     use super::Admin;
 
     pub(super) fn run(admin: &Admin, state_dir: &Path) -> anyhow::Result<()> {
+        // Only `token` may create a farm: listing or revoking in a
+        // directory without one is a wrong --state-dir, not a new farm.
+        if !matches!(admin, Admin::Token { .. }) && !state_dir.join("pki").join("ca.crt").exists() {
+            anyhow::bail!(
+                "there is no farm CA in {}: is this the scheduler's --state-dir? (the scheduler \
+                 creates the CA on its first start)",
+                state_dir.join("pki").display()
+            );
+        }
         let (authority, created) = Authority::open_or_create(state_dir).with_context(|| {
             format!(
                 "cannot open the farm CA in {} (run this as the user the scheduler runs as, \

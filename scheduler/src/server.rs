@@ -138,6 +138,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The fingerprint of the peer's certificate on `conn` if it has been
+    /// revoked.
+    pub(crate) fn revoked_peer(&self, conn: &Connection) -> Option<CertFingerprint> {
+        let cert = peer_certificate(conn)?;
+        self.security
+            .revocations
+            .contains(&cert.fingerprint)
+            .then_some(cert.fingerprint)
+    }
+
     /// Locks the farm. Releasing the lock dispatches grants to waiting
     /// allocations (see [`FarmGuard`]).
     fn farm(&self) -> FarmGuard<'_> {

@@ -16,8 +16,7 @@ use std::time::Duration;
 use distcc_rs_e2e::events::describe;
 use distcc_rs_e2e::process::run_with_timeout;
 use distcc_rs_e2e::{
-    FarmEnv, Node, Scheduler, Where, bins, compare_artifacts, copy_fixture, free_loopback_port,
-    snapshot_artifacts,
+    FarmEnv, Node, Scheduler, Where, bins, compare_artifacts, copy_fixture, snapshot_artifacts,
 };
 
 use crate::{assert_ran, farm_build, farm_test, local_reference};
@@ -154,7 +153,9 @@ fn a_hostile_proc_macro_is_contained_on_the_node_which_keeps_serving() {
 fn a_node_whose_sandbox_does_not_work_refuses_to_start() {
     let _serial = farm_test();
     let dir = tempfile::tempdir().expect("create a temporary directory");
-    let nowhere = format!("127.0.0.1:{}", free_loopback_port());
+    // A real farm to enroll in: the node gets its certificate first (kept
+    // for the start after the sandbox is fixed), then checks its sandbox.
+    let scheduler = Scheduler::start(dir.path());
     let mut command = Command::new(bins::binary(bins::NODE));
     command
         .env_clear()
@@ -166,7 +167,8 @@ fn a_node_whose_sandbox_does_not_work_refuses_to_start() {
             "--listen",
             "127.0.0.1:0",
         ])
-        .args(["--scheduler", &nowhere])
+        .args(["--scheduler", &scheduler.addr().to_string()])
+        .args(["--join-token", &scheduler.token()])
         .arg("--work-dir")
         .arg(dir.path().join("node"))
         // /bin/false exits at once with an error, as a bubblewrap that

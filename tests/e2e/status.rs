@@ -2,7 +2,6 @@
 //! a build goes through it.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use distcc_rs_e2e::events::describe;
@@ -26,7 +25,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs `distcc-rs status` (the table for people) against `scheduler`.
 fn human_status(scheduler: SocketAddr) -> String {
-    let mut command = Command::new(distcc_rs_e2e::bins::binary(distcc_rs_e2e::bins::CLIENT));
+    let mut command = distcc_rs_e2e::client_command(scheduler);
     command
         .arg("status")
         .arg("--scheduler")

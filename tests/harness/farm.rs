@@ -83,6 +83,24 @@ pub fn join_token(scheduler: SocketAddr) -> String {
     farm_record(scheduler).token
 }
 
+/// Like [`join_token`], but `None` for an address no scheduler of this run
+/// listens on (a test of a farm that is down).
+fn known_token(scheduler: SocketAddr) -> Option<String> {
+    farms()
+        .iter()
+        .rev()
+        .find(|f| f.addr == scheduler)
+        .map(|f| f.token.clone())
+}
+
+/// A `distcc-rs` command (for `status`, `monitor`, `stats`) run as a
+/// client of the farm whose scheduler listens on `scheduler`.
+pub fn client_command(scheduler: SocketAddr) -> Command {
+    let mut command = Command::new(bins::binary(bins::CLIENT));
+    member_of(&mut command, &farm_record(scheduler));
+    command
+}
+
 fn farm_record(scheduler: SocketAddr) -> FarmRecord {
     farms()
         .iter()
@@ -599,8 +617,7 @@ pub fn free_loopback_port() -> u16 {
 
 /// Asks the scheduler for the farm's status with `distcc-rs status --json`.
 pub fn try_status(scheduler: SocketAddr) -> anyhow::Result<FarmStatus> {
-    let mut command = Command::new(bins::binary(bins::CLIENT));
-    member_of(&mut command, &farm_record(scheduler));
+    let mut command = client_command(scheduler);
     command
         .arg("status")
         .arg("--scheduler")
@@ -688,7 +705,7 @@ impl FarmEnv {
     pub fn new(scheduler: SocketAddr, log_dir: &Path) -> FarmEnv {
         FarmEnv {
             scheduler: Some(scheduler),
-            token: Some(join_token(scheduler)),
+            token: known_token(scheduler),
             ..FarmEnv::with_logs(log_dir)
         }
     }

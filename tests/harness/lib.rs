@@ -27,8 +27,8 @@ pub use cargo::{
 };
 pub use events::{Event, Where, read_events};
 pub use farm::{
-    FarmEnv, Node, Scheduler, free_loopback_port, status, status_discovered, try_status,
-    try_status_discovered,
+    FarmEnv, Node, Scheduler, client_command, free_loopback_port, join_token, status,
+    status_discovered, token_of_state, try_status, try_status_discovered,
 };
 pub use fixture::{Fixture, copy_fixture};
 pub use netns::NetNs;

@@ -37,6 +37,9 @@ struct Demo {
     /// A choice.
     #[arg(long, value_enum, default_value = "text")]
     log_format: Format,
+    /// A secret.
+    #[arg(long, env = "DEMO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -180,8 +183,9 @@ fn unknown_keys_and_wrong_types_name_the_file_and_the_key() {
     assert!(message.contains("`net_name`"), "{message}");
     // The valid keys are listed, and only settings are keys.
     assert!(
-        message
-            .ends_with("netname, scheduler, nodes, mdns, job_timeout, queue_timeout, log_format"),
+        message.ends_with(
+            "netname, scheduler, nodes, mdns, job_timeout, queue_timeout, log_format, token"
+        ),
         "{message}"
     );
     let (err, _) = check("config = \"other.toml\"\n");
@@ -347,6 +351,23 @@ fn the_printed_settings_read_back_as_the_same_settings() {
             .collect()
     };
     assert_eq!(values(&printed), values(&reprinted));
+}
+
+#[test]
+fn secrets_are_not_printed() {
+    for (argv, vars, origin) in [
+        (&["--token", "s3cret"][..], &[][..], "flag --token"),
+        (&[][..], &[("DEMO_TOKEN", "s3cret")][..], "env DEMO_TOKEN"),
+    ] {
+        let (demo, layered) = parse(argv, &env(vars), Path::new(NO_FILE)).unwrap();
+        assert_eq!(demo.token.as_deref(), Some("s3cret"));
+        let printed = layered.to_toml(&[]);
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(
+            printed.contains(&format!("# token: set, not shown  # {origin}\n")),
+            "{printed}"
+        );
+    }
 }
 
 #[test]

@@ -300,3 +300,52 @@ async fn nodes_of_another_farm_are_refused_however_they_arrive() {
     assert!(status(&dialling).await.nodes.is_empty());
     scheduler.shut_down().await;
 }
+
+/// A node whose certificate was revoked is not adopted again when the
+/// scheduler finds it (TLS on the scheduler's outgoing connection checks
+/// only that the certificate is the farm's and a node's).
+#[tokio::test]
+async fn a_revoked_node_is_not_adopted() {
+    use distcc_rs_net::pki::MemberKey;
+    use distcc_rs_proto::auth::{EnrollRequest, EnrollResponse, close};
+
+    let state = tempfile::tempdir().unwrap();
+    let (authority, _) = Authority::open_or_create(state.path()).unwrap();
+    let key = MemberKey::generate().unwrap();
+    let EnrollResponse::Enrolled { certificate, .. } = authority.enroll(&EnrollRequest {
+        secret: authority.token().unwrap().secret,
+        role: PeerRole::Node,
+        name: "gone".into(),
+        public_key: key.public_key(),
+    }) else {
+        panic!("the enrollment was refused")
+    };
+    assert_eq!(authority.revoke("gone").unwrap().len(), 1);
+    let identity = key.into_identity(certificate.into());
+    let node = bind_server(
+        "127.0.0.1:0".parse().unwrap(),
+        &identity,
+        &PeerAuth::Farm(FarmTrust::new(authority.ca().cert_der().clone())),
+        &EndpointOptions::default(),
+    )
+    .unwrap();
+    let node_addr = node.local_addr().unwrap();
+
+    let scheduler = start(state.path(), "default", adopting(&[node_addr]));
+    let conn = tokio::time::timeout(Duration::from_secs(20), node.accept())
+        .await
+        .expect("the scheduler dials the node")
+        .unwrap()
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("the scheduler closes the connection");
+    let quinn::ConnectionError::ApplicationClosed(why) = closed else {
+        panic!("{closed:?}")
+    };
+    assert_eq!(u64::from(why.error_code), u64::from(close::REVOKED));
+    let client = client(state.path(), scheduler.addr).await;
+    assert!(status(&client).await.nodes.is_empty());
+    scheduler.shut_down().await;
+}

@@ -996,8 +996,7 @@ mod membership {
         )
         .await;
         assert!(
-            why.contains("an allocation needs a client certificate")
-                || why.contains("a allocation needs a client certificate"),
+            why.contains("an allocation needs a client certificate"),
             "{why}"
         );
 
