@@ -14,22 +14,19 @@ use distcc_rs_proto::message::{
     BlobHeader, JobAccept, JobError, JobEvent, JobOutcome, JobRequest, NodeEvent, OutputHeader,
 };
 use distcc_rs_proto::{Digest, Ticket};
-use tokio::io::AsyncBufReadExt;
 use tracing::{debug, info, warn};
 
 use crate::diagnostics::{self, Action, Gate, Verdict};
 use crate::isolation::Isolation;
 use crate::limits::JobCgroup;
 use crate::manifest::{self, ValidJob};
+use crate::rustc_output::{OutputError, RustcOutput};
 use crate::sandbox::SandboxPlan;
 use crate::server::Shared;
 use crate::toolchains::ReadyToolchain;
 
 /// How many times the node asks for the same inputs before it gives up.
 const MAX_BLOB_ROUNDS: usize = 3;
-
-/// The most of a job's stdout that is kept.
-const MAX_STDOUT: u64 = 16 << 20;
 
 /// Outputs are compressed fast: they cross a LAN once and are not stored.
 const OUTPUT_ZSTD_LEVEL: i32 = 1;
@@ -484,18 +481,21 @@ async fn compile(
     // rustc itself writes nothing to stdout for a compile, but proc-macros
     // may print there; it is collected (up to a bound) and sent at the end.
     let stdout = child.stdout.take().expect("stdout is piped");
-    let stdout = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut out = Vec::new();
-        let _ = stdout.take(MAX_STDOUT).read_to_end(&mut out).await;
-        out
-    });
-    let mut lines = tokio::io::BufReader::new(stderr).split(b'\n');
-    while let Some(line) = lines
-        .next_segment()
-        .await
-        .map_err(|e| io_err("reading rustc's stderr", e))?
-    {
+    // What the node keeps of either stream is bounded: the node's memory is
+    // outside the job's cgroup.
+    let mut output = RustcOutput::new(stderr, stdout, &shared.config.job_output);
+    loop {
+        let line = match output.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(e) => {
+                // Nothing more is read, so rustc must not go on: kill it
+                // now (bubblewrap takes the whole sandbox with it, and
+                // dropping the cgroup kills whatever is left).
+                let _ = child.kill().await;
+                return Err(output_failed(req.ticket.job, e));
+            }
+        };
         let (action, released) = gate.line(&line);
         for held in released {
             send_stderr(w, held).await?;
@@ -522,6 +522,13 @@ async fn compile(
     // Killing whatever is left and removing the cgroup happens here, not
     // when the job's directory goes: nothing of the job outlives rustc.
     drop(cgroup);
+    // All of stdout, now that nothing of the job is left to write it. Over
+    // its limit, the job fails for that whatever its exit: rustc may well
+    // have died of the pipe the node stopped reading.
+    let stdout = output
+        .stdout()
+        .await
+        .map_err(|e| output_failed(req.ticket.job, e))?;
     if !limits_hit.is_empty() {
         warn!(
             job_id = %req.ticket.job,
@@ -552,7 +559,6 @@ async fn compile(
             for line in held {
                 send_stderr(w, line).await?;
             }
-            let stdout = stdout.await.unwrap_or_default();
             for piece in stdout.chunks(distcc_rs_proto::MAX_CHUNK_LEN) {
                 w.send(&JobEvent::Stdout(piece.to_vec())).await?;
             }
@@ -587,6 +593,19 @@ async fn compile(
             drop(shared.store.evict_in_background());
             Ok(code)
         }
+    }
+}
+
+/// The job's failure when reading rustc's output stopped: printing more
+/// than the node keeps is a farm failure (the job may still compile
+/// locally, where the output goes straight to cargo).
+fn output_failed(job: distcc_rs_proto::JobId, e: OutputError) -> RunError {
+    match e {
+        OutputError::Over(over) => {
+            warn!(job_id = %job, cause = %over, "rustc printed too much; stopping the job");
+            RunError::Job(JobError::Sandbox(format!("the job was stopped: {over}")))
+        }
+        OutputError::Io { .. } => io_err("rustc's output", e),
     }
 }
 

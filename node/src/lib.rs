@@ -14,6 +14,8 @@
 //!   check of the whole sandbox.
 //! * [`diagnostics`]: reading rustc's stderr to tell compile errors from
 //!   farm failures (pure).
+//! * [`rustc_output`]: reading a job's stderr and stdout within size
+//!   limits.
 //! * [`store`]: the content-addressed store of input blobs.
 //! * [`toolchains`]: the toolchain cache: leases, size limit, eviction.
 //! * [`fetch`]: downloading, verifying, unpacking and smoke-testing a
@@ -37,6 +39,7 @@ pub mod limits;
 pub mod load;
 pub mod manifest;
 pub mod prefetch;
+pub mod rustc_output;
 pub mod sandbox;
 pub mod server;
 pub mod store;

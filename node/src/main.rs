@@ -393,6 +393,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             cpu_millis: args.job_cpus.unwrap_or(default_slots() * 1000),
             pids: args.job_pids,
         },
+        job_output: Default::default(),
         launcher: std::env::current_exe()
             .context("cannot find the node's own binary, which starts every job")?,
         insecure_no_sandbox: args.insecure_no_sandbox,

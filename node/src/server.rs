@@ -69,6 +69,8 @@ pub struct NodeConfig {
     pub job_user: Option<String>,
     /// The limits every job runs under.
     pub job_limits: crate::limits::Limits,
+    /// How much of a job's stderr and stdout the node keeps and forwards.
+    pub job_output: crate::rustc_output::OutputLimits,
     /// The node's own binary, which starts every job as the launcher
     /// ([`crate::launcher`]).
     pub launcher: PathBuf,

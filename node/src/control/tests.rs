@@ -66,6 +66,7 @@ fn start_node(farm: &str) -> Running {
             cpu_millis: 1000,
             pids: 128,
         },
+        job_output: Default::default(),
         launcher: "distcc-rs-node".into(),
         // No job runs in these tests, and their work directory is a
         // private temporary one the job user could not reach; the sandbox

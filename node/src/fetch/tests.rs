@@ -1,7 +1,8 @@
 //! A real node (mDNS off, adopted over loopback) against a fake scheduler
 //! that serves toolchain bundles, some of them damaged, and fake clients
 //! that send jobs with tickets the fake scheduler signed, all with
-//! certificates of one test farm.
+//! certificates of one test farm. Some jobs run a fake sandbox (a shell
+//! script in place of bubblewrap) that prints too much.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -127,6 +128,7 @@ fn config(work: &std::path::Path, cache: u64, prefetch: bool, pki: &TestFarm) ->
             cpu_millis: 1000,
             pids: 128,
         },
+        job_output: Default::default(),
         launcher: "distcc-rs-node".into(),
         // No job runs in these tests, and their work directory is a
         // private temporary one the job user could not reach; the sandbox
@@ -152,10 +154,22 @@ impl Farm {
     /// Starts a node, and a fake scheduler that adopts it and serves
     /// `script`.
     async fn start(cache: u64, prefetch: bool, script: Script) -> Farm {
+        Farm::start_with(cache, prefetch, script, |_| {}).await
+    }
+
+    /// As [`Farm::start`], with the node's configuration changed by
+    /// `tweak` first.
+    async fn start_with(
+        cache: u64,
+        prefetch: bool,
+        script: Script,
+        tweak: impl FnOnce(&mut NodeConfig),
+    ) -> Farm {
         let work = tempfile::tempdir().unwrap();
         let pki = TestFarm::new();
-        let node = Node::bind(config(work.path(), cache, prefetch, &pki))
-            .expect("the node starts (is bubblewrap installed?)");
+        let mut config = config(work.path(), cache, prefetch, &pki);
+        tweak(&mut config);
+        let node = Node::bind(config).expect("the node starts (is bubblewrap installed?)");
         let node_addr = node.local_addr().unwrap();
         let (registered_tx, registered) = oneshot::channel();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -280,6 +294,17 @@ impl Farm {
         identity: &Identity,
         auth: &PeerAuth,
     ) -> Result<JobEvent, JobError> {
+        let mut events = self.send_all(ticket, identity, auth).await?;
+        Ok(events.pop().expect("the job ended with an event"))
+    }
+
+    /// As [`Farm::send`], but returns every event of the job.
+    async fn send_all(
+        &self,
+        ticket: Ticket,
+        identity: &Identity,
+        auth: &PeerAuth,
+    ) -> Result<Vec<JobEvent>, JobError> {
         let request = JobRequest {
             ticket,
             crate_name: "x".into(),
@@ -298,10 +323,13 @@ impl Farm {
             JobAccept::Rejected(e) => return Err(e),
             JobAccept::NeedBlobs(want) => assert!(want.is_empty(), "{want:?}"),
         }
+        let mut events = Vec::new();
         loop {
             let ev: JobEvent = tokio::time::timeout(STEP, r.recv()).await.unwrap().unwrap();
-            if matches!(ev, JobEvent::Exited { .. } | JobEvent::Failed(_)) {
-                return Ok(ev);
+            let last = matches!(ev, JobEvent::Exited { .. } | JobEvent::Failed(_));
+            events.push(ev);
+            if last {
+                return Ok(events);
             }
         }
     }
@@ -608,5 +636,164 @@ async fn only_clients_submit_jobs() {
         );
     }
     assert_eq!(farm.fetches(id), 0);
+    farm.stop().await;
+}
+
+// Jobs whose rustc prints too much. The node runs without the sandbox and
+// with a shell script as "bubblewrap", which ignores its arguments (the
+// sandbox and rustc command line) and prints; the limits are small.
+
+/// The limits of these tests: 64 KiB a line, 1 MiB of stderr, 64 KiB of
+/// stdout.
+const SMALL_OUTPUT: crate::rustc_output::OutputLimits = crate::rustc_output::OutputLimits {
+    max_line: 64 << 10,
+    max_stderr: 1 << 20,
+    max_stdout: 64 << 10,
+};
+
+/// A node whose jobs run `body` as a shell script in place of bubblewrap,
+/// under [`SMALL_OUTPUT`], with its toolchain and the script's directory.
+async fn printing_farm(seed: u8, body: &str) -> (Farm, ToolchainId, tempfile::TempDir) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fake-bwrap");
+    let text = format!(
+        "#!/bin/sh\n{}\n",
+        body.replace("$DIR", &dir.path().display().to_string())
+    );
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (id, good) = bundle(seed, 4096);
+    let farm = Farm::start_with(1 << 20, false, script(vec![(id, vec![good])]), |c| {
+        c.bwrap = path;
+        c.job_output = SMALL_OUTPUT;
+    })
+    .await;
+    (farm, id, dir)
+}
+
+/// Runs one job on a [`printing_farm`] whose script records its pid and
+/// then becomes `flood`; checks that the job failed as a farm failure
+/// whose reason contains `reason` and that the printing process is gone.
+async fn flooding_job_is_stopped(seed: u8, flood: &str, reason: &str) {
+    let (mut farm, id, dir) =
+        printing_farm(seed, &format!("echo $$ > $DIR/pid\nexec {flood}")).await;
+    let outcome = farm.job(id).await.unwrap();
+    let JobEvent::Failed(JobError::Sandbox(why)) = &outcome else {
+        panic!("the job should be a farm failure: {outcome:?}");
+    };
+    assert!(why.contains(reason), "{why}");
+    // Killed and reaped before the client heard of the failure.
+    let pid = std::fs::read_to_string(dir.path().join("pid")).unwrap();
+    let proc = std::path::Path::new("/proc").join(pid.trim());
+    assert!(
+        !proc.exists(),
+        "the printing process {} still runs",
+        pid.trim()
+    );
+    let NodeEvent::JobFinished { outcome, .. } = farm.event_after_start().await else {
+        panic!("the job's end was not reported");
+    };
+    assert!(
+        matches!(outcome, JobOutcome::Failed(JobError::Sandbox(_))),
+        "{outcome:?}"
+    );
+    farm.stop().await;
+}
+
+impl Farm {
+    /// The node's next job or toolchain event after a `JobStarted`.
+    async fn event_after_start(&mut self) -> NodeEvent {
+        loop {
+            let ev = self.event().await;
+            if !matches!(
+                ev,
+                NodeEvent::JobStarted { .. } | NodeEvent::ToolchainReady(_)
+            ) {
+                return ev;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_job_printing_an_endless_line_is_stopped_at_the_line_limit() {
+    // NUL bytes, never a newline.
+    flooding_job_is_stopped(
+        20,
+        "cat /dev/zero >&2",
+        "the job was stopped: a line of rustc's stderr exceeds the node's limit of 65536 bytes",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_printing_endless_lines_is_stopped_at_the_stderr_limit() {
+    flooding_job_is_stopped(
+        21,
+        "yes >&2",
+        "the job was stopped: rustc's stderr exceeds the node's limit of 1048576 bytes",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_printing_an_endless_stdout_is_stopped_at_the_stdout_limit() {
+    // stderr stays open and quiet.
+    flooding_job_is_stopped(
+        22,
+        "cat /dev/zero",
+        "the job was stopped: rustc's stdout exceeds the node's limit of 65536 bytes",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_printing_an_endless_stdout_after_closing_stderr_is_stopped() {
+    // The node stops reading stdout at its limit, so the printer dies of a
+    // broken pipe: the job fails for the limit, not for that death.
+    flooding_job_is_stopped(
+        24,
+        "cat /dev/zero 2>&-",
+        "the job was stopped: rustc's stdout exceeds the node's limit of 65536 bytes",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn output_within_the_limits_arrives_byte_for_byte() {
+    // A line of exactly the line limit, and stdout of exactly its limit.
+    let (mut farm, id, _dir) = printing_farm(
+        23,
+        "head -c 65536 /dev/zero | tr '\\0' '{' >&2\n\
+         printf '\\ndone\\r\\n' >&2\n\
+         head -c 65536 /dev/zero | tr '\\0' o\n\
+         exit 0",
+    )
+    .await;
+    let (identity, auth) = farm.pki.member(PeerRole::Client);
+    let ticket = farm.ticket(id, pki::fingerprint(&identity.cert_chain[0]));
+    let events = farm.send_all(ticket, &identity, &auth).await.unwrap();
+    let (mut stderr, mut stdout) = (Vec::new(), Vec::new());
+    for ev in &events {
+        match ev {
+            JobEvent::Stderr(bytes) => stderr.extend_from_slice(bytes),
+            JobEvent::Stdout(bytes) => stdout.extend_from_slice(bytes),
+            _ => {}
+        }
+    }
+    assert_eq!(events.last(), Some(&JobEvent::Exited { code: 0 }));
+    let mut expected = vec![b'{'; 65536];
+    expected.extend_from_slice(b"\ndone\r\n");
+    assert!(
+        stderr == expected,
+        "stderr differs ({} bytes)",
+        stderr.len()
+    );
+    assert!(
+        stdout == vec![b'o'; 65536],
+        "stdout differs ({} bytes)",
+        stdout.len()
+    );
     farm.stop().await;
 }
