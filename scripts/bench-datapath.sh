@@ -72,7 +72,8 @@ FRESH_NODES=0
 
 # Replaces the farm's node with a new one whose work dir is empty: a cold
 # input store (and no unpacked toolchain: it fetches the bundle from the
-# scheduler, which keeps it, so the client uploads nothing again).
+# scheduler, which keeps it, so the client uploads nothing again). With no
+# certificate in its work dir, it enrolls with the farm's join token first.
 fresh_node() {
   local old=$NODE_PID old_name=$NODE_NAME i p
   FRESH_NODES=$((FRESH_NODES + 1))
@@ -87,7 +88,7 @@ fresh_node() {
   mkdir -p "$WORK/nodes"
   env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$WORK" \
     "$BIN/distcc-rs-node" --scheduler "$SCHED" --listen 127.0.0.1:0 --no-mdns \
-    --work-dir "$NODE_DIR" --name "$NODE_NAME" \
+    --join-token "$TOKEN" --work-dir "$NODE_DIR" --name "$NODE_NAME" \
     >"$WORK/$NODE_NAME.out" 2>"$WORK/$NODE_NAME.log" &
   NODE_PID=$!
   PIDS+=("$NODE_PID")

@@ -130,8 +130,8 @@ done
 # A fresh node against a scheduler that holds the bundle. Polls at 10 ms.
 # Waits until file $1 has a line matching $2, or path $2 exists with -e.
 wait_for() {
-  local i
-  for i in $(seq 1 6000); do
+  local _
+  for _ in $(seq 1 6000); do
     if [ "$1" = -e ]; then [ -e "$2" ] && return 0; elif grep -q "$2" "$1" 2>/dev/null; then return 0; fi
     sleep 0.01
   done
@@ -143,6 +143,9 @@ if [ "$NODE" != 0 ]; then
   # machine's other farms.
   MDNS=()
   if "$BIN/distcc-rs-scheduler" --help | grep -q -- --no-mdns; then MDNS=(--no-mdns); fi
+  # A node running as root runs each job as the job user (nobody), which
+  # must be able to reach the node's work dir: mktemp -d made $WORK 0700.
+  if [ "$(id -u)" = 0 ]; then chmod o+x "$WORK"; fi
   mkdir -p "$WORK/scheduler/toolchains"
   cp "$BUNDLE" "$WORK/scheduler/toolchains/"
   "$BIN/distcc-rs-scheduler" --listen 127.0.0.1:0 --state-dir "$WORK/scheduler" "${MDNS[@]}" \
@@ -150,6 +153,16 @@ if [ "$NODE" != 0 ]; then
   PIDS+=($!)
   wait_for "$WORK/logs/scheduler.out" "listening on"
   SCHED=$(grep -m1 "listening on" "$WORK/logs/scheduler.out" | awk '{print $NF}')
+  # A farm with mutual TLS: nodes and the client enroll with the join token
+  # the scheduler made on its first start (each fresh node once, so "start
+  # → registered" includes its enrollment). Older builds have no token.
+  JOIN=() CLIENT_JOIN=()
+  if "$BIN/distcc-rs-scheduler" --help | grep -qE '^ +token '; then
+    TOKEN=$("$BIN/distcc-rs-scheduler" --config /dev/null token --state-dir "$WORK/scheduler" \
+      2>"$WORK/logs/token.log") || { cat "$WORK/logs/token.log" >&2; exit 1; }
+    JOIN=(--join-token "$TOKEN")
+    CLIENT_JOIN=(DISTCC_RS_JOIN_TOKEN="$TOKEN" DISTCC_RS_IDENTITY_DIR="$WORK/client-identity")
+  fi
 
   # One library crate, compiled through the wrapper.
   mkdir -p "$WORK/crate/src"
@@ -159,7 +172,7 @@ if [ "$NODE" != 0 ]; then
   farm_build() {
     (cd "$WORK/crate" && rm -rf target && env -u RUSTC_WORKSPACE_WRAPPER -u CARGO_BUILD_RUSTC_WRAPPER \
       CARGO_INCREMENTAL=0 RUSTC_WRAPPER="$BIN/distcc-rs" DISTCC_RS_SCHEDULER="$SCHED" DISTCC_RS_MDNS=0 \
-      DISTCC_RS_CACHE_DIR="$WORK/cache" DISTCC_RS_LOG_FILE="$WORK/logs/client.log" \
+      DISTCC_RS_CACHE_DIR="$WORK/cache" DISTCC_RS_LOG_FILE="$WORK/logs/client.log" "${CLIENT_JOIN[@]}" \
       cargo build --offline) >"$WORK/logs/$1.log" 2>&1
   }
   # With no node yet, the client packs its toolchain into its cache and
@@ -178,7 +191,7 @@ if [ "$NODE" != 0 ]; then
     : >"$WORK/logs/node-$round.out"
     t=$(now)
     env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$WORK" \
-      "$BIN/distcc-rs-node" --scheduler "$SCHED" --listen 127.0.0.1:0 "${MDNS[@]}" \
+      "$BIN/distcc-rs-node" --scheduler "$SCHED" --listen 127.0.0.1:0 "${MDNS[@]}" "${JOIN[@]}" \
       --work-dir "$WORK/node" --name fresh-node >"$WORK/logs/node-$round.out" 2>"$WORK/logs/node-$round.log" &
     node_pid=$!
     PIDS+=("$node_pid")

@@ -15,8 +15,11 @@
 #      settings the node unit leaves out would break it, and that jobs
 #      inherit MemoryDenyWriteExecute;
 #   4. starts a scheduler and a node under the units' settings (emulate.sh)
-#      on 127.0.0.1 with --no-mdns, builds tests/fixtures/workspace through
-#      them, and requires every library crate to have compiled remotely.
+#      on 127.0.0.1 with --no-mdns, the node enrolling with the join token
+#      from a node.toml readable only by root and the distcc-rs group, as
+#      /etc/distcc-rs/node.toml would be; builds tests/fixtures/workspace
+#      through them with a client that enrolls on its first compile, and
+#      requires every library crate to have compiled remotely.
 # Everything it starts is stopped, and its files removed, when it exits.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../../.." && pwd)
@@ -109,10 +112,22 @@ wait_line() { # FILE PATTERN PID
 }
 wait_line "$work/scheduler.out" "listening on" "${pids[0]}"
 sched=$(sed -n 's/.*listening on //p' "$work/scheduler.out")
-# The unit runs the node with its default --work-dir, the StateDirectory.
+# The scheduler made the farm CA in <StateDirectory>/pki on its first
+# start. Admin commands run as the scheduler's user, on the same directory.
+ls -l "$work/state/scheduler/pki"
+token=$(setpriv --reuid=distcc-rs --regid=distcc-rs --clear-groups \
+    "$work/bin/distcc-rs-scheduler" --config /dev/null token --state-dir "$work/state/scheduler" \
+    2>"$work/token.log") || { cat "$work/token.log" >&2; fail "cannot read the join token"; }
+# The node takes the token from its configuration file, as the unit's
+# /etc/distcc-rs/node.toml (root:distcc-rs, 0640).
+printf 'join_token = "%s"\n' "$token" >"$work/node.toml"
+chown root:distcc-rs "$work/node.toml"
+chmod 0640 "$work/node.toml"
+# The unit runs the node with its default --work-dir, the StateDirectory,
+# where it keeps its certificate (identity/).
 bash "$em_sh" node "$work/state/node" "$mdwe" -- \
-    "$work/bin/distcc-rs-node" --scheduler "$sched" --listen 127.0.0.1:0 --no-mdns \
-    --name hardened-node --work-dir "$work/state/node" \
+    "$work/bin/distcc-rs-node" --config "$work/node.toml" --scheduler "$sched" \
+    --listen 127.0.0.1:0 --no-mdns --name hardened-node --work-dir "$work/state/node" \
     >"$work/node.out" 2>"$work/node.log" &
 pids+=($!)
 wait_line "$work/node.out" "registered with" "${pids[1]}"
@@ -123,6 +138,7 @@ echo "daemons run as: $(ps -o user= -p "${pids[0]}") and $(ps -o user= -p "${pid
 cp -r "$repo/tests/fixtures/workspace" "$work/ws"
 rm -rf "$work/ws/target"
 (cd "$work/ws" && RUSTC_WRAPPER=$bin/distcc-rs DISTCC_RS_SCHEDULER=$sched DISTCC_RS_MDNS=0 \
+    DISTCC_RS_JOIN_TOKEN=$token DISTCC_RS_IDENTITY_DIR=$work/client-identity \
     DISTCC_RS_EVENTS=$work/events.jsonl CARGO_INCREMENTAL=0 cargo build --offline --quiet)
 "$bin/distcc-rs" stats --events "$work/events.jsonl"
 remote=$(grep -c '"where":"remote"' "$work/events.jsonl" || true)
@@ -131,4 +147,7 @@ fallback=$(grep -c '"where":"fallback"' "$work/events.jsonl" || true)
     cat "$work/node.log" >&2
     fail "expected the 3 library crates remote and no fallback, got $remote remote, $fallback fallback"
 }
+echo "farm members:"
+setpriv --reuid=distcc-rs --regid=distcc-rs --clear-groups \
+    "$work/bin/distcc-rs-scheduler" --config /dev/null certs --state-dir "$work/state/scheduler"
 echo "PASS: $remote compiles ran on the hardened node, none fell back"
