@@ -38,6 +38,7 @@ fn job_request() -> JobRequest {
             job: JobId(7),
             node: NodeId(2),
             toolchain: ToolchainId(Digest([3; 32])),
+            client: distcc_rs_proto::CertFingerprint([5; 32]),
             mac: [9; 32],
         },
         crate_name: "serde".into(),

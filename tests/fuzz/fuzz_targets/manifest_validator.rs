@@ -125,6 +125,7 @@ impl Request {
                 job: JobId(1),
                 node: NodeId(1),
                 toolchain: ToolchainId(Digest([0; 32])),
+                client: distcc_rs_proto::CertFingerprint([0; 32]),
                 mac: [0; 32],
             },
             crate_name: "c".into(),
