@@ -7,15 +7,14 @@
 //! seconds at a time, long enough to be caught in the act. They find their
 //! moment by polling the scheduler's status, never by sleeping.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use distcc_rs_e2e::events::describe;
 use distcc_rs_e2e::watch::node_names;
 use distcc_rs_e2e::{
     Event, FarmEnv, Node, RunningBuild, Scheduler, Where, compare_artifacts, copy_fixture,
-    describe_status, free_loopback_port, snapshot_artifacts, spawn_cargo_build, status,
-    watch_status,
+    describe_status, snapshot_artifacts, spawn_cargo_build, status, watch_status,
 };
 use distcc_rs_proto::message::{JobPhase, JobStatus, NodeStatus};
 
@@ -105,8 +104,21 @@ fn scheduler_down_still_builds() {
     let fixture = copy_fixture("workspace");
     let local = local_reference(&fixture, None);
 
-    let nowhere = SocketAddr::from((Ipv4Addr::LOCALHOST, free_loopback_port()));
-    let farm = FarmEnv::new(nowhere, &fixture.scratch().join("client"));
+    // A member of a farm whose scheduler then goes away: the client
+    // enrolls while the scheduler is up, and builds after it was killed.
+    let mut scheduler = Scheduler::start(fixture.scratch());
+    let farm = FarmEnv::new(scheduler.addr(), &fixture.scratch().join("client"));
+    let mut join =
+        std::process::Command::new(distcc_rs_e2e::bins::binary(distcc_rs_e2e::bins::CLIENT));
+    join.envs(farm.vars()).arg("join").arg(scheduler.token());
+    let joined = distcc_rs_e2e::process::run_with_timeout(&mut join, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        joined.status.success(),
+        "`distcc-rs join` failed: {}",
+        String::from_utf8_lossy(&joined.stderr)
+    );
+    scheduler.kill();
     farm_build(&fixture, &farm);
 
     let events = farm.events();
