@@ -45,7 +45,9 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "127.0.0.1 with fake nodes registered over the protocol; each request is an"
   echo "\`Allocate\` answered with an assignment (the release that follows is not timed)."
   echo "The wrapper runs once per rustc, so \"a new connection per request\" is what a"
-  echo "build sees."
+  echo "build sees. Every connection is mutually authenticated: the client presents its"
+  echo "farm certificate and the scheduler checks it against the CA and the revocation"
+  echo "list, with no TLS session resumption."
   echo
   echo '```text'
   grep '^allocation:' "$OUT"
