@@ -209,15 +209,42 @@ fn install(
     Ok(manifest)
 }
 
-/// Runs the unpacked rustc on a tiny crate inside bubblewrap.
+/// Runs the unpacked rustc on a tiny crate inside bubblewrap, exactly as a
+/// job runs: through the node's launcher, as the job user, within the job
+/// limits. The bundle is a client's upload, so its rustc is as untrusted as
+/// any proc-macro, and a node running as root must not run it as root.
 fn smoke_test(shared: &Shared, dir: &Path, manifest: &BundleManifest) -> Result<(), FetchError> {
     let work = tempfile::Builder::new()
         .prefix("smoke-")
         .tempdir_in(&shared.jobs_dir)
         .map_err(|e| FetchError::Local(format!("smoke test directory: {e}")))?;
-    let launcher = distcc_rs_pack::bwrap_launcher(&shared.config.bwrap, dir, work.path());
+    let bwrap = distcc_rs_pack::bwrap_launcher(&shared.config.bwrap, dir, work.path());
+    let cgroup = match &shared.isolation {
+        crate::isolation::Isolation::Hardened(h) => {
+            let name = work
+                .path()
+                .file_name()
+                .map_or_else(|| "smoke".to_owned(), |n| n.to_string_lossy().into_owned());
+            crate::limits::JobCgroup::create(&h.mechanism, &name, &h.limits).map_err(|e| {
+                FetchError::Local(format!("cannot create the smoke test's cgroup: {e}"))
+            })?
+        }
+        crate::isolation::Isolation::Insecure => None,
+    };
+    let (program, args) =
+        shared
+            .isolation
+            .command(cgroup.as_ref(), Path::new(&bwrap[0]), &bwrap[1..]);
+    let launcher: Vec<std::ffi::OsString> = std::iter::once(program.into_os_string())
+        .chain(args)
+        .collect();
+    let job_user = shared.isolation.job_user();
+    let hand_over = |dirs: &[std::path::PathBuf]| crate::isolation::chown_writable(job_user, dirs);
     let started = Instant::now();
-    match distcc_rs_pack::smoke_test(dir, manifest, work.path(), &launcher) {
+    let result = distcc_rs_pack::smoke_test_as(dir, manifest, work.path(), &launcher, &hand_over);
+    // Kills anything the smoke test left behind and removes the cgroup.
+    drop(cgroup);
+    match result {
         Ok(report) => {
             info!(
                 version = report.version,

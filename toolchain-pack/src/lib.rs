@@ -39,6 +39,7 @@ pub use extraction::{
 pub use manifest::{BUNDLE_FORMAT, BUNDLE_MANIFEST_PATH, BundleFile, BundleManifest};
 pub use smoke::{
     SMOKE_TIMEOUT, SmokeReport, TargetCheck, bwrap_launcher, rustc_command, smoke_test,
+    smoke_test_as,
 };
 pub use toolchain::{ToolchainInfo, bundle_targets, detect, find_program, locate_sysroot};
 

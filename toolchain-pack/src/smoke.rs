@@ -149,8 +149,43 @@ pub fn smoke_test(
     work: &Path,
     launcher: &[OsString],
 ) -> Result<SmokeReport, PackError> {
+    smoke_test_as(root, manifest, work, launcher, &|_| Ok(()))
+}
+
+/// [`smoke_test`], for a launcher that runs rustc as another user:
+/// `hand_over` is called with every directory rustc writes to (`work` and
+/// each target's output directory) once they all exist and before anything
+/// runs, so that it can give them to that user.
+pub fn smoke_test_as(
+    root: &Path,
+    manifest: &BundleManifest,
+    work: &Path,
+    launcher: &[OsString],
+    hand_over: &dyn Fn(&[PathBuf]) -> std::io::Result<()>,
+) -> Result<SmokeReport, PackError> {
     let rustc = rustc_command(root, manifest);
     let host = manifest.host.clone();
+
+    // Every file and directory first, then the hand-over, then the runs.
+    let mut writable = vec![work.to_path_buf()];
+    let mut plans = Vec::new();
+    for target in manifest.targets() {
+        let std = manifest.has_std(target);
+        let (name, code) = if std {
+            ("smoke_std.rs", STD_CRATE)
+        } else {
+            ("smoke_core.rs", CORE_CRATE)
+        };
+        let src = work.join(name);
+        fs::write(&src, code).map_err(PackError::io(&src))?;
+        let out = work.join("out").join(target);
+        fs::create_dir_all(&out).map_err(PackError::io(&out))?;
+        writable.push(work.join("out"));
+        writable.push(out.clone());
+        plans.push((target, std, src, out));
+    }
+    writable.dedup();
+    hand_over(&writable).map_err(PackError::io(work))?;
 
     let version = run(launcher, &rustc, &["-vV".into()], work, "version")?;
     let printed = fs::read_to_string(&version.stdout).map_err(PackError::io(&version.stdout))?;
@@ -166,17 +201,7 @@ pub fn smoke_test(
     }
 
     let mut targets = Vec::new();
-    for target in manifest.targets() {
-        let std = manifest.has_std(target);
-        let (name, code) = if std {
-            ("smoke_std.rs", STD_CRATE)
-        } else {
-            ("smoke_core.rs", CORE_CRATE)
-        };
-        let src = work.join(name);
-        fs::write(&src, code).map_err(PackError::io(&src))?;
-        let out = work.join("out").join(target);
-        fs::create_dir_all(&out).map_err(PackError::io(&out))?;
+    for (target, std, src, out) in plans {
         let args: Vec<OsString> = [
             "--crate-name",
             CRATE_NAME,
@@ -384,6 +409,43 @@ echo rmeta > "$out/libdistcc_rs_smoke.rmeta"
         let env = fs::read_to_string(work.join("env.log")).unwrap();
         assert!(!env.contains("HOME="), "{env}");
         assert!(env.contains(&format!("TMPDIR={}", work.display())), "{env}");
+    }
+
+    /// A node hands the smoke test's directories to its job user before
+    /// the untrusted rustc runs: every directory it writes to must exist by
+    /// then, and nothing may have run yet.
+    #[test]
+    fn writable_directories_are_handed_over_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let work = dir.path().join("work");
+        fs::create_dir(&work).unwrap();
+        let manifest = scripted(&root, WORKING);
+        let handed = std::cell::RefCell::new(Vec::new());
+        let hand_over = |dirs: &[PathBuf]| {
+            // Nothing has run: rustc's logs do not exist yet.
+            assert!(!work.join("args.log").exists());
+            assert!(dirs.iter().all(|d| d.is_dir()), "{dirs:?}");
+            handed.borrow_mut().extend_from_slice(dirs);
+            Ok(())
+        };
+        smoke_test_as(&root, &manifest, &work, &[], &hand_over).unwrap();
+        let handed = handed.into_inner();
+        for expected in [
+            work.clone(),
+            work.join("out"),
+            work.join("out/thumbv7em-none-eabi"),
+            work.join("out/x86_64-unknown-linux-gnu"),
+        ] {
+            assert!(handed.contains(&expected), "{expected:?} not in {handed:?}");
+        }
+        // A hand-over that fails stops the smoke test before rustc runs.
+        let work2 = dir.path().join("work2");
+        fs::create_dir(&work2).unwrap();
+        let refuse = |_: &[PathBuf]| Err(std::io::Error::other("no such user"));
+        let err = smoke_test_as(&root, &manifest, &work2, &[], &refuse).unwrap_err();
+        assert!(err.to_string().contains("no such user"), "{err}");
+        assert!(!work2.join("args.log").exists());
     }
 
     #[test]
