@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use distcc_rs_net::config_file::client::{self as file, ClientFile, SETTINGS, Setting};
 use distcc_rs_net::config_file::{Origin, comment};
@@ -19,6 +20,7 @@ use distcc_rs_proto::JoinToken;
 use distcc_rs_proto::discovery::{DEFAULT_FARM, validate_farm_name};
 
 use crate::outputs::OutputLimits;
+use crate::remote::DEFAULT_REMOTE_TIMEOUT;
 
 /// Environment variable names, in one place for the docs and the tests.
 /// Each but `CONFIG` is also a key of the configuration file.
@@ -62,6 +64,9 @@ pub mod vars {
     pub const LOCAL_SLOTS: &str = "DISTCC_RS_LOCAL_SLOTS";
     /// The most bytes of output files a node may send back for one job.
     pub const MAX_OUTPUT_SIZE: &str = "DISTCC_RS_MAX_OUTPUT_SIZE";
+    /// How long one node may take over one compile, in seconds, before
+    /// the client gives up on it (default 900).
+    pub const REMOTE_TIMEOUT: &str = "DISTCC_RS_REMOTE_TIMEOUT";
 }
 
 /// The client's settings.
@@ -76,6 +81,9 @@ pub struct ClientConfig {
     pub pipelining: bool,
     /// What a node may send back for one job.
     pub output_limits: OutputLimits,
+    /// How long one farm attempt may take, from sending the job to the
+    /// node's last event, before the node counts as failed.
+    pub remote_timeout: Duration,
     /// The farm to look for over mDNS, or why the farm name given is not
     /// one.
     pub farm: Result<String, String>,
@@ -193,6 +201,7 @@ impl ClientConfig {
             disabled: get(vars::DISABLE).is_some_and(|v| v == "1" || v == "true"),
             pipelining: !get(vars::PIPELINING).is_some_and(|v| v == "0" || v == "false"),
             output_limits: output_limits(get(vars::MAX_OUTPUT_SIZE)),
+            remote_timeout: remote_timeout(get(vars::REMOTE_TIMEOUT)),
             farm,
             mdns: !get(vars::MDNS).is_some_and(|v| v == "0" || v == "false"),
             join_token,
@@ -283,6 +292,9 @@ impl ClientConfig {
             vars::MAX_OUTPUT_SIZE => Shown::Set(Value::Integer(
                 i64::try_from(self.output_limits.max_total_size).unwrap_or(i64::MAX),
             )),
+            vars::REMOTE_TIMEOUT => Shown::Set(Value::Integer(
+                i64::try_from(self.remote_timeout.as_secs()).unwrap_or(i64::MAX),
+            )),
             vars::LOCAL_SLOTS => match given {
                 Some(v) => Shown::Set(v.parse().map_or(Value::String(v), Value::Integer)),
                 None => {
@@ -308,6 +320,24 @@ fn output_limits(max_output_size: Option<String>) -> OutputLimits {
         ),
     }
     limits
+}
+
+/// The deadline of one farm attempt, `remote_timeout` seconds if that is a
+/// positive number; anything else leaves the default, which is a deadline
+/// too (a broken setting neither fails a build nor lifts the bound).
+fn remote_timeout(secs: Option<String>) -> Duration {
+    match secs.map(|v| v.trim().parse::<u64>()) {
+        Some(Ok(n)) if n > 0 => Duration::from_secs(n),
+        None => DEFAULT_REMOTE_TIMEOUT,
+        Some(_) => {
+            tracing::warn!(
+                "{} is not a positive number of seconds; using {}",
+                vars::REMOTE_TIMEOUT,
+                DEFAULT_REMOTE_TIMEOUT.as_secs()
+            );
+            DEFAULT_REMOTE_TIMEOUT
+        }
+    }
 }
 
 /// A setting as `distcc-rs config` shows it.
@@ -390,6 +420,36 @@ mod tests {
     }
 
     #[test]
+    fn the_remote_timeout_has_a_default_and_only_a_number_changes_it() {
+        let c = ClientConfig::from_lookup(env(&[]));
+        assert_eq!(c.remote_timeout, Duration::from_secs(900));
+        assert!(c.render().contains("\nremote_timeout = 900  # default\n"));
+        let c = ClientConfig::from_lookup(env(&[("DISTCC_RS_REMOTE_TIMEOUT", " 42 ")]));
+        assert_eq!(c.remote_timeout, Duration::from_secs(42));
+        assert!(
+            c.render()
+                .contains("\nremote_timeout = 42  # env DISTCC_RS_REMOTE_TIMEOUT\n"),
+            "{}",
+            c.render()
+        );
+        // A value that is no positive number of seconds leaves the default
+        // deadline: a mistake here must neither fail a build nor lift it.
+        for bad in ["0", "-5", "1.5", "15m", "forever", ""] {
+            let c = ClientConfig::from_lookup(env(&[("DISTCC_RS_REMOTE_TIMEOUT", bad)]));
+            assert_eq!(c.remote_timeout, Duration::from_secs(900), "{bad:?}");
+            assert_eq!(c.file_problem, None, "{bad:?}");
+        }
+        // As large as the variable can say, it is still a deadline.
+        let c =
+            ClientConfig::from_lookup(env(&[("DISTCC_RS_REMOTE_TIMEOUT", &u64::MAX.to_string())]));
+        assert_eq!(c.remote_timeout, Duration::from_secs(u64::MAX));
+        assert!(
+            c.render()
+                .contains(&format!("\nremote_timeout = {}  #", i64::MAX))
+        );
+    }
+
+    #[test]
     fn farm_and_mdns_settings() {
         let lookup = |pairs: Vec<(&'static str, &'static str)>| {
             ClientConfig::from_lookup(move |k| {
@@ -435,7 +495,7 @@ mod tests {
     const EVERY_KEY: &str = "scheduler = \"10.0.0.1:7700\"\nnetname = \"lab\"\nmdns = false\n\
                              cache_dir = \"/file/cache\"\nevents = \"/file/events\"\n\
                              disable = true\npipelining = false\nlocal_slots = 3\n\
-                             max_output_size = 1000\n\
+                             max_output_size = 1000\nremote_timeout = 60\n\
                              log = \"debug\"\nlog_file = \"/file/log\"\n\
                              identity_dir = \"/file/identity\"\n\
                              join_token = \"drs1-0123456789abcdef0123456789abcdef-\
@@ -459,6 +519,7 @@ mod tests {
         assert!(!c.pipelining);
         assert_eq!(c.setting(vars::LOCAL_SLOTS), Some("3"));
         assert_eq!(c.output_limits.max_total_size, 1000);
+        assert_eq!(c.remote_timeout, Duration::from_secs(60));
         assert_eq!(c.log.as_deref(), Some("debug"));
         assert_eq!(c.log_file, PathBuf::from("/file/log"));
         assert_eq!(c.identity_dir, Ok(PathBuf::from("/file/identity")));
@@ -485,6 +546,7 @@ mod tests {
             ("DISTCC_RS_PIPELINING", "true"),
             ("DISTCC_RS_LOCAL_SLOTS", "5"),
             ("DISTCC_RS_MAX_OUTPUT_SIZE", "2000"),
+            ("DISTCC_RS_REMOTE_TIMEOUT", "30"),
             // Empty counts as unset: the file's value stands.
             ("DISTCC_RS_EVENTS", ""),
         ]));
@@ -495,6 +557,7 @@ mod tests {
         assert!(c.pipelining);
         assert_eq!(c.setting(vars::LOCAL_SLOTS), Some("5"));
         assert_eq!(c.output_limits.max_total_size, 2000);
+        assert_eq!(c.remote_timeout, Duration::from_secs(30));
         assert_eq!(c.events, Some(PathBuf::from("/file/events")));
         assert_eq!(c.cache_dir, PathBuf::from("/file/cache"));
     }
@@ -672,6 +735,8 @@ mod tests {
             (c.mdns, c.disabled, c.pipelining)
         );
         assert_eq!(again.output_limits, c.output_limits);
+        assert_eq!(again.remote_timeout, c.remote_timeout);
+        assert_eq!(again.remote_timeout, Duration::from_secs(60));
         assert_eq!(
             again.setting(vars::LOCAL_SLOTS),
             c.setting(vars::LOCAL_SLOTS)
@@ -711,10 +776,11 @@ mod tests {
             vars::JOIN_TOKEN,
             vars::IDENTITY_DIR,
             vars::MAX_OUTPUT_SIZE,
+            vars::REMOTE_TIMEOUT,
         ] {
             assert!(file::by_var(var).is_some(), "{var}");
         }
-        assert_eq!(SETTINGS.len(), 13);
+        assert_eq!(SETTINGS.len(), 14);
     }
 
     #[test]

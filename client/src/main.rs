@@ -40,12 +40,13 @@ use distcc_rs::membership::{self, Membership};
 /// DISTCC_RS_LOCAL_SLOTS (how many local compiles may run at once on this
 /// machine, across all wrappers; default: the number of CPUs),
 /// DISTCC_RS_MAX_OUTPUT_SIZE (the most bytes of outputs a node may send back
-/// for one compile; default 4 GiB).
+/// for one compile; default 4 GiB), DISTCC_RS_REMOTE_TIMEOUT (how many seconds
+/// one node may take over one compile before it is given up on; default 900).
 /// The same settings can be given in ~/.config/distcc-rs/client.toml (or the
 /// file DISTCC_RS_CONFIG names) under shorter keys (scheduler, netname, mdns,
 /// join_token, identity_dir, cache_dir, events, log, log_file, disable,
-/// pipelining, local_slots, max_output_size); the variables override the
-/// file. `distcc-rs config` shows what is in force.
+/// pipelining, local_slots, max_output_size, remote_timeout); the variables
+/// override the file. `distcc-rs config` shows what is in force.
 /// See docs/CONFIG.md.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, verbatim_doc_comment)]

@@ -8,7 +8,10 @@
 //!
 //! When the node, or the path to it, fails the job (see
 //! [`FarmError::is_node_failure`]), the job is placed again on another node,
-//! up to [`MAX_RETRIES`] times, before it goes back to local rustc.
+//! up to [`MAX_RETRIES`] times, before it goes back to local rustc. A node
+//! that keeps the connection open but never finishes fails the job too,
+//! once the client's deadline for one attempt ([`ClientConfig::remote_timeout`])
+//! has passed.
 
 use std::collections::HashMap;
 use std::fs;
@@ -49,6 +52,13 @@ const SCHEDULER_DOWN_BACKOFF: Duration = Duration::from_secs(10);
 /// and the local compile that follows is certain to be tried.
 pub const MAX_RETRIES: usize = 2;
 
+/// How long one farm attempt may take by default, from connecting to the
+/// node to its last event: longer than a node's default job timeout
+/// (600 s, `--job-timeout`), so a healthy node always reports its own
+/// timeout first, and only a node that holds the compile open without
+/// answering meets this one.
+pub const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(900);
+
 /// Why a job did not run on the farm.
 #[derive(Debug, thiserror::Error)]
 pub enum FarmError {
@@ -77,14 +87,20 @@ pub enum FarmError {
     Output { node: String, reason: String },
     #[error("cannot write an output of node {node} here: {reason}")]
     WriteOutput { node: String, reason: String },
+    /// The node did not finish the job within the client's deadline for
+    /// one attempt (`remote_timeout`), whatever it sent before.
+    #[error("node {node} sent nothing conclusive within {secs} s (DISTCC_RS_REMOTE_TIMEOUT)")]
+    NoAnswer { node: String, secs: u64 },
 }
 
 impl FarmError {
     /// Whether the failure lies with the node or the path to it, so that
     /// another node may well succeed: a lost or timed-out connection, a
     /// node that refused the ticket, was busy, could not get the toolchain
-    /// or start the sandbox, a run the node reported as failed, and a
-    /// damaged or missing output.
+    /// or start the sandbox, a run the node reported as failed, a damaged
+    /// or missing output, and a node that did not finish within the
+    /// client's deadline (a healthy node reports its own, shorter, job
+    /// timeout first, so one that does not is at fault).
     ///
     /// Not node failures: everything that happens before a node is chosen
     /// or on this machine (it would happen again), a request the node
@@ -94,7 +110,7 @@ impl FarmError {
     /// no failure at all: it is rustc's answer.
     pub fn is_node_failure(&self) -> bool {
         match self {
-            FarmError::Net { .. } | FarmError::Output { .. } => true,
+            FarmError::Net { .. } | FarmError::Output { .. } | FarmError::NoAnswer { .. } => true,
             FarmError::Job { source, .. } => !matches!(
                 source,
                 JobError::InvalidRequest(_) | JobError::Timeout { .. }
@@ -518,7 +534,24 @@ async fn farm(
             pipelining: config.pipelining,
             output_limits: config.output_limits,
         };
-        match run_job(&endpoint, &opts, &assignment, prepared, &mut attempt).await {
+        // The whole attempt on this node is bounded: a node that keeps the
+        // connection alive and sends nothing (or never the end) would
+        // otherwise hold the compile until cargo is interrupted. Dropping
+        // the attempt closes the connection and removes the temporary file
+        // of an output still arriving; the stderr it showed is in
+        // `forwarded`, so the retry or the local compile does not repeat it.
+        let outcome = tokio::time::timeout(
+            config.remote_timeout,
+            run_job(&endpoint, &opts, &assignment, prepared, &mut attempt),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(FarmError::NoAnswer {
+                node: assignment.node_name.clone(),
+                secs: config.remote_timeout.as_secs(),
+            })
+        });
+        match outcome {
             Ok(exit_code) => {
                 break Ok(Success {
                     exit_code,
@@ -997,6 +1030,10 @@ mod tests {
             FarmError::Output {
                 node: node(),
                 reason: "truncated".into(),
+            },
+            FarmError::NoAnswer {
+                node: node(),
+                secs: 900,
             },
             job(JobError::BadTicket("stale key".into())),
             job(JobError::Busy),

@@ -55,3 +55,38 @@ fn config_fails_while_the_file_is_broken() {
     let printed = String::from_utf8(out.stdout).unwrap();
     assert!(printed.contains("everything compiles locally"), "{printed}");
 }
+
+#[test]
+fn config_shows_the_deadline_of_a_remote_attempt() {
+    let home = tempfile::tempdir().unwrap();
+    let home_dir = home.path().to_str().unwrap();
+    let shown = |vars: &[(&str, &str)]| {
+        let out = config(vars);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let printed = shown(&[("HOME", home_dir)]);
+    assert!(
+        printed
+            .lines()
+            .any(|l| l == "remote_timeout = 900  # default"),
+        "{printed}"
+    );
+    assert!(printed.contains("DISTCC_RS_REMOTE_TIMEOUT]"), "{printed}");
+    let printed = shown(&[("HOME", home_dir), ("DISTCC_RS_REMOTE_TIMEOUT", "45")]);
+    assert!(
+        printed
+            .lines()
+            .any(|l| l == "remote_timeout = 45  # env DISTCC_RS_REMOTE_TIMEOUT"),
+        "{printed}"
+    );
+    // A value that is not a number of seconds is no error: the default
+    // deadline stands.
+    let printed = shown(&[("HOME", home_dir), ("DISTCC_RS_REMOTE_TIMEOUT", "soon")]);
+    assert!(
+        printed
+            .lines()
+            .any(|l| l == "remote_timeout = 900  # env DISTCC_RS_REMOTE_TIMEOUT"),
+        "{printed}"
+    );
+}

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use distcc_rs_net::credentials::Credentials;
 use distcc_rs_net::pki::TestFarm;
@@ -48,7 +49,22 @@ enum Behaviour {
     /// `size` zero bytes each (`junk-N` in the output directory), and exits
     /// 0, as a hostile node filling the client's disk would.
     CompletesWithJunk { files: usize, size: usize },
+    /// Accepts the job, replays the first `lines`, starts sending the
+    /// `.rlib` and sends half of it when `half_an_output` is set, then sends
+    /// nothing more while keeping the connection open (QUIC keep-alives
+    /// included) for [`STALL`], as a node holding the compile open would.
+    Stalls { lines: usize, half_an_output: bool },
 }
+
+/// How long a [`Behaviour::Stalls`] node holds the job before it gives up
+/// and closes the connection, far longer than the client's deadline in
+/// the tests and than [`WRAPPER_LIMIT`].
+const STALL: Duration = Duration::from_secs(300);
+
+/// How long a test lets the wrapper run before it kills it and fails, so
+/// that a wrapper waiting on a stalled node fails the test instead of
+/// hanging it.
+const WRAPPER_LIMIT: Duration = Duration::from_secs(60);
 
 /// The scheduler's answer to one allocation: a node (by index) or "compile
 /// locally".
@@ -163,6 +179,66 @@ impl Project {
         identity: &Path,
         vars: &[(&str, &str)],
     ) -> Output {
+        self.wrapper_command(scheduler, identity, vars)
+            .output()
+            .unwrap()
+    }
+
+    /// [`Project::wrapper_with`] as the client of `farm`, killed and failing
+    /// the test if it runs for more than `limit`; also returns how long it
+    /// ran.
+    fn wrapper_within(
+        &self,
+        farm: &Farm,
+        vars: &[(&str, &str)],
+        limit: Duration,
+    ) -> (Output, Duration) {
+        let started = Instant::now();
+        let mut child = self
+            .wrapper_command(farm.scheduler, farm.identity.path(), vars)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                pipe.read_to_end(&mut bytes).unwrap();
+                bytes
+            })
+        };
+        let stdout = read(Box::new(child.stdout.take().unwrap()));
+        let stderr = read(Box::new(child.stderr.take().unwrap()));
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the wrapper still ran after {limit:?}; stderr so far: {}",
+                    String::from_utf8_lossy(&stderr.join().unwrap())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let elapsed = started.elapsed();
+        let out = Output {
+            status,
+            stdout: stdout.join().unwrap(),
+            stderr: stderr.join().unwrap(),
+        };
+        (out, elapsed)
+    }
+
+    /// The wrapper's command line, for [`Project::wrapper_with`].
+    fn wrapper_command(
+        &self,
+        scheduler: SocketAddr,
+        identity: &Path,
+        vars: &[(&str, &str)],
+    ) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_distcc-rs"));
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("DISTCC_RS_") {
@@ -177,9 +253,8 @@ impl Project {
             .env("DISTCC_RS_EVENTS", &self.events)
             .env("DISTCC_RS_IDENTITY_DIR", identity)
             .envs(vars.iter().copied())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(Stdio::null());
+        cmd
     }
 
     fn event(&self) -> serde_json::Value {
@@ -420,6 +495,7 @@ async fn node(
             Behaviour::DiesAfter(n) | Behaviour::FailsAfter(n, _) => *n,
             Behaviour::Completes | Behaviour::CompletesWithJunk { .. } => reference.stderr.len(),
             Behaviour::CompileError | Behaviour::Rejects(_) => 0,
+            Behaviour::Stalls { lines, .. } => *lines,
         };
         let _ = replay_compile(&mut w, &reference, replay).await;
         match &behaviour {
@@ -466,6 +542,21 @@ async fn node(
                 let _ = w.send(&JobEvent::Stderr(line)).await;
                 let _ = w.send(&JobEvent::Exited { code: 1 }).await;
             }
+            Behaviour::Stalls { half_an_output, .. } => {
+                if *half_an_output {
+                    let (path, bytes) = reference
+                        .outputs
+                        .iter()
+                        .find(|(p, _)| p.to_string_lossy().ends_with(".rlib"))
+                        .expect("an rlib output");
+                    let _ = send_half_an_output(&mut w, path, bytes).await;
+                }
+                // Neither the rest nor the end of the stream: the
+                // connection stays up, answering keep-alives, until the
+                // client goes away or the node gives up.
+                let _ = tokio::time::timeout(STALL, conn.closed()).await;
+                continue;
+            }
             Behaviour::Rejects(_) => unreachable!("answered above"),
         }
         // Everything is sent; ending the stream now is what a node that
@@ -510,6 +601,23 @@ async fn send_output(
     .await?;
     payload::send_compressed(w, bytes, 1).await?;
     Ok(())
+}
+
+/// Sends the header of an output and the first half of its compressed
+/// payload, without ending it.
+async fn send_half_an_output(
+    w: &mut distcc_rs_net::FrameWriter,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(), distcc_rs_net::NetError> {
+    w.send(&JobEvent::Output(OutputHeader {
+        path: path.to_str().unwrap().to_owned(),
+        size: bytes.len() as u64,
+        executable: false,
+    }))
+    .await?;
+    let compressed = zstd::encode_all(bytes, 1).unwrap();
+    w.send_chunk(&compressed[..compressed.len() / 2]).await
 }
 
 /// How many leading lines the failing nodes replay: past the first
@@ -901,4 +1009,64 @@ fn a_node_that_sends_too_many_output_files_fails_the_job_not_the_build() {
         "{} files in the output directory",
         outputs.len()
     );
+}
+
+/// A node that accepts the job and then sends nothing, keeping the
+/// connection alive, holds the compile only until the client's deadline for
+/// one attempt: then the job goes to the next node, and when that one stalls
+/// too (having shown the warning and the `.rmeta` notification and started
+/// on the `.rlib`), it compiles locally. Cargo sees what plain rustc shows,
+/// every line once; no temporary file of the half-received `.rlib` stays.
+#[test]
+fn a_node_that_holds_the_compile_open_fails_the_job_at_the_clients_deadline() {
+    let project = Project::new();
+    let reference = project.reference();
+    let farm = Farm::start(
+        &reference,
+        vec![
+            Behaviour::Stalls {
+                lines: 0,
+                half_an_output: false,
+            },
+            Behaviour::Stalls {
+                lines: lines_through_rmeta_note(&reference),
+                half_an_output: true,
+            },
+        ],
+        vec![
+            Answer::Node(0),
+            Answer::Node(1),
+            Answer::RunLocally(RunLocallyReason::NoEligibleNode),
+        ],
+    );
+    let (out, elapsed) =
+        project.wrapper_within(&farm, &[("DISTCC_RS_REMOTE_TIMEOUT", "2")], WRAPPER_LIMIT);
+    eprintln!("the wrapper took {elapsed:?} over two stalled nodes");
+
+    // Exactly what rustc writes: no `.distcc-rs-*` temporary file of the
+    // half-received `.rlib` beside it.
+    let names: Vec<_> = project.outputs().into_iter().map(|(p, _)| p).collect();
+    assert!(
+        !names
+            .iter()
+            .any(|p| p.to_string_lossy().contains("/.distcc-rs-")),
+        "{names:?}"
+    );
+    assert_as_plain_rustc(&project, &reference, &out);
+    // Two deadlines of 2 s, and nowhere near the nodes' patience.
+    assert!(elapsed >= Duration::from_secs(4), "{elapsed:?}");
+    assert!(elapsed < STALL / 10, "{elapsed:?}");
+
+    let event = project.event();
+    assert_eq!(event["where"], "fallback", "{event}");
+    assert_eq!(failed_nodes(&event), ["n1", "n2"], "{event}");
+    assert_eq!(
+        event["reason"], "node n2 sent nothing conclusive within 2 s (DISTCC_RS_REMOTE_TIMEOUT)",
+        "{event}"
+    );
+    let seen = farm.seen.lock().unwrap();
+    let excludes: Vec<_> = seen.allocations.iter().map(|a| a.exclude.clone()).collect();
+    let (n1, n2) = (farm.node_id("n1"), farm.node_id("n2"));
+    assert_eq!(excludes, [vec![], vec![n1], vec![n1, n2]]);
+    assert_eq!(seen.jobs.len(), 2, "{:?}", seen.jobs);
 }

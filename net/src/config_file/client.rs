@@ -137,6 +137,18 @@ pub const SETTINGS: &[Setting] = &[
                   fails the job, which is then compiled elsewhere or locally.",
     },
     Setting {
+        key: "remote_timeout",
+        var: "DISTCC_RS_REMOTE_TIMEOUT",
+        kind: Kind::Count,
+        default: "`900` (15 minutes)",
+        meaning: "How long one node may take over one compile, in seconds, from connecting \
+                  to it and sending it the job to the last thing it sends back. A node that \
+                  has sent nothing conclusive by then fails the job, which is then compiled \
+                  elsewhere or locally. Longer than a node's default job timeout \
+                  (`--job-timeout`, 600 s), so that a healthy node always reports its own \
+                  timeout first; keep it longer than the farm's job timeout.",
+    },
+    Setting {
         key: "log",
         var: "DISTCC_RS_LOG",
         kind: Kind::Text,

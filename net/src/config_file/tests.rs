@@ -527,6 +527,32 @@ fn the_join_token_and_identity_directory_are_client_keys() {
 }
 
 #[test]
+fn the_remote_timeout_is_a_client_key_of_whole_seconds() {
+    let parsed = ConfigFile::parse(Path::new("/c.toml"), "remote_timeout = 120\n").unwrap();
+    let file = ClientFile::from_file(&parsed);
+    assert!(file.problems.is_empty(), "{:?}", file.problems);
+    assert_eq!(file.get("DISTCC_RS_REMOTE_TIMEOUT"), Some("120"));
+    let setting = client::by_var("DISTCC_RS_REMOTE_TIMEOUT").unwrap();
+    assert_eq!(
+        (setting.key, setting.kind),
+        ("remote_timeout", client::Kind::Count)
+    );
+    // Longer than a node's default job timeout, and the docs say why.
+    assert!(setting.default.contains("900"), "{}", setting.default);
+    assert!(setting.meaning.contains("600 s"), "{}", setting.meaning);
+    for bad in [
+        "remote_timeout = 0",
+        "remote_timeout = \"15m\"",
+        "remote_timeout = 1.5",
+    ] {
+        let parsed = ConfigFile::parse(Path::new("/c.toml"), bad).unwrap();
+        let file = ClientFile::from_file(&parsed);
+        assert_eq!(file.get("DISTCC_RS_REMOTE_TIMEOUT"), None, "{bad}");
+        assert_eq!(file.problems.len(), 1, "{bad}");
+    }
+}
+
+#[test]
 fn member_names_are_made_acceptable() {
     assert_eq!(
         client::sanitize_member_name("alice@build-3.lan"),
