@@ -91,6 +91,20 @@ pub enum FarmError {
     /// one attempt (`remote_timeout`), whatever it sent before.
     #[error("node {node} sent nothing conclusive within {secs} s (DISTCC_RS_REMOTE_TIMEOUT)")]
     NoAnswer { node: String, secs: u64 },
+    /// Whoever answered at the node's address holds another certificate
+    /// than the one the node registered with: the address leads elsewhere
+    /// (a stale address, or traffic redirected on the LAN). Nothing was
+    /// sent to it.
+    #[error(
+        "the peer at {addr} is not node {node}: its certificate {found} is not the one the node \
+         registered with ({expected})"
+    )]
+    WrongNode {
+        node: String,
+        addr: SocketAddr,
+        found: String,
+        expected: String,
+    },
 }
 
 impl FarmError {
@@ -110,7 +124,10 @@ impl FarmError {
     /// no failure at all: it is rustc's answer.
     pub fn is_node_failure(&self) -> bool {
         match self {
-            FarmError::Net { .. } | FarmError::Output { .. } | FarmError::NoAnswer { .. } => true,
+            FarmError::Net { .. }
+            | FarmError::Output { .. }
+            | FarmError::NoAnswer { .. }
+            | FarmError::WrongNode { .. } => true,
             FarmError::Job { source, .. } => !matches!(
                 source,
                 JobError::InvalidRequest(_) | JobError::Timeout { .. }
@@ -811,6 +828,18 @@ async fn run_job(
     let conn = distcc_rs_net::connect(endpoint, assignment.addr, PeerRole::Node, opts)
         .await
         .map_err(net)?;
+    // TLS proved the peer is a node of the farm; the scheduler says which
+    // node, and the job's sources go to that one only.
+    let found = distcc_rs_net::peer_certificate(&conn).map(|c| c.fingerprint);
+    if found != Some(assignment.node_cert) {
+        conn.close(0u32.into(), b"not the assigned node");
+        return Err(FarmError::WrongNode {
+            node,
+            addr: assignment.addr,
+            found: found.map_or_else(|| "none".to_owned(), |f| f.short()),
+            expected: assignment.node_cert.short(),
+        });
+    }
     // A node that refuses our certificate says so by closing the
     // connection, which a failed stream shows only as a lost connection.
     let net = |source: NetError| FarmError::Net {
@@ -1034,6 +1063,12 @@ mod tests {
             FarmError::NoAnswer {
                 node: node(),
                 secs: 900,
+            },
+            FarmError::WrongNode {
+                node: node(),
+                addr: "127.0.0.1:1".parse().unwrap(),
+                found: "aaaa".into(),
+                expected: "bbbb".into(),
             },
             job(JobError::BadTicket("stale key".into())),
             job(JobError::Busy),

@@ -71,6 +71,9 @@ const WRAPPER_LIMIT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy)]
 enum Answer {
     Node(usize),
+    /// Node `i`'s address, but under another node's certificate: what a
+    /// client is told when the address leads to the wrong machine.
+    Impostor(usize),
     RunLocally(RunLocallyReason),
 }
 
@@ -353,9 +356,11 @@ impl Farm {
         let _guard = rt.enter();
         let mut addrs = Vec::new();
         let mut names = Vec::new();
+        let mut certs = Vec::new();
         for (i, behaviour) in nodes.into_iter().enumerate() {
-            let endpoint = server(&pki, PeerRole::Node, Revocations::default());
+            let (endpoint, cert) = server(&pki, PeerRole::Node, Revocations::default());
             addrs.push(endpoint.local_addr().unwrap());
+            certs.push(cert);
             names.push((NodeId(1000 + i as u64), format!("n{}", i + 1)));
             rt.spawn(node(
                 endpoint,
@@ -365,12 +370,13 @@ impl Farm {
                 seen.clone(),
             ));
         }
-        let endpoint = server(&pki, PeerRole::Scheduler, revoked);
+        let (endpoint, _) = server(&pki, PeerRole::Scheduler, revoked);
         let scheduler = endpoint.local_addr().unwrap();
         let placements: Vec<_> = names
             .iter()
             .zip(&addrs)
-            .map(|((id, name), addr)| (*id, name.clone(), *addr))
+            .zip(&certs)
+            .map(|(((id, name), addr), cert)| (*id, name.clone(), *addr, *cert))
             .collect();
         rt.spawn(scheduler_task(endpoint, answers, placements, seen.clone()));
         drop(_guard);
@@ -390,24 +396,32 @@ impl Farm {
 
 /// A daemon's endpoint with a certificate of `pki` for `role`, refusing the
 /// certificates in `revoked`.
-fn server(pki: &TestFarm, role: PeerRole, revoked: Revocations) -> quinn::Endpoint {
+fn server(
+    pki: &TestFarm,
+    role: PeerRole,
+    revoked: Revocations,
+) -> (quinn::Endpoint, CertFingerprint) {
     let (identity, mut auth) = pki.member(role);
     if let PeerAuth::Farm(trust) = &mut auth {
         trust.revoked = revoked;
     }
-    bind_server(
+    let endpoint = bind_server(
         "127.0.0.1:0".parse().unwrap(),
         &identity,
         &auth,
         &EndpointOptions::default(),
     )
-    .unwrap()
+    .unwrap();
+    (
+        endpoint,
+        distcc_rs_net::pki::fingerprint(&identity.cert_chain[0]),
+    )
 }
 
 async fn scheduler_task(
     endpoint: quinn::Endpoint,
     answers: Vec<Answer>,
-    nodes: Vec<(NodeId, String, SocketAddr)>,
+    nodes: Vec<(NodeId, String, SocketAddr, CertFingerprint)>,
     seen: Arc<Mutex<Seen>>,
 ) {
     let answers = Arc::new(Mutex::new(VecDeque::from(answers)));
@@ -432,13 +446,18 @@ async fn scheduler_task(
                             JobId(seen.allocations.len() as u64)
                         };
                         let response = match answer {
-                            Some(Answer::Node(i)) => {
-                                let (node, ref name, addr) = nodes[i];
+                            Some(answer @ (Answer::Node(i) | Answer::Impostor(i))) => {
+                                let (node, ref name, addr, cert) = nodes[i];
+                                let node_cert = match answer {
+                                    Answer::Impostor(_) => CertFingerprint([0xee; 32]),
+                                    _ => cert,
+                                };
                                 AllocateResponse::Assigned(Assignment {
                                     job,
                                     node,
                                     node_name: name.clone(),
                                     addr,
+                                    node_cert,
                                     ticket: Ticket {
                                         job,
                                         node,
@@ -1069,4 +1088,38 @@ fn a_node_that_holds_the_compile_open_fails_the_job_at_the_clients_deadline() {
     let (n1, n2) = (farm.node_id("n1"), farm.node_id("n2"));
     assert_eq!(excludes, [vec![], vec![n1], vec![n1, n2]]);
     assert_eq!(seen.jobs.len(), 2, "{:?}", seen.jobs);
+}
+
+/// A client that reaches a node of the farm other than the one it was
+/// assigned (the address leads elsewhere: stale, or redirected on the LAN)
+/// sends it nothing and retries on another node.
+#[test]
+fn a_job_goes_only_to_the_node_the_scheduler_named() {
+    let project = Project::new();
+    let reference = project.reference();
+    let farm = Farm::start(
+        &reference,
+        vec![Behaviour::Completes, Behaviour::Completes],
+        vec![Answer::Impostor(0), Answer::Node(1)],
+    );
+    let out = project.wrapper(&farm);
+
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&reference.stderr.concat())
+    );
+    assert_eq!(project.outputs(), reference.outputs);
+    let event = project.event();
+    assert_eq!(event["node"], "n2", "{event}");
+    assert_eq!(failed_nodes(&event), ["n1"], "{event}");
+    let reason = event["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("is not node n1") && reason.contains("eeeeeeeeeeee"),
+        "{event}"
+    );
+    // The impostor never saw the job.
+    let seen = farm.seen.lock().unwrap();
+    let reached: Vec<_> = seen.jobs.iter().map(|(i, _)| *i).collect();
+    assert_eq!(reached, [1]);
 }

@@ -250,6 +250,10 @@ pub struct Assignment {
     pub node: NodeId,
     pub node_name: String,
     pub addr: SocketAddr,
+    /// The certificate the node registered with. The client checks that
+    /// whoever answers at `addr` holds it, so a LAN host that redirects the
+    /// address to another member (or another node) gets no job.
+    pub node_cert: crate::CertFingerprint,
     pub ticket: Ticket,
 }
 

@@ -45,6 +45,9 @@ impl Rng {
 /// The certificate every simulated request comes with.
 const TEST_CLIENT: CertFingerprint = CertFingerprint([0xc1; 32]);
 
+/// The certificate every simulated node registers with.
+const TEST_NODE_CERT: CertFingerprint = CertFingerprint([0xd1; 32]);
+
 fn request(rng: &mut Rng, build: usize) -> AllocateRequest {
     AllocateRequest {
         toolchain: TC,
@@ -71,7 +74,7 @@ fn farm(nodes: usize, now: Instant) -> Farm {
             slots: SLOTS,
             toolchains: if id % 2 == 0 { vec![TC] } else { vec![] },
         };
-        farm.register_node(now, &registration, peer, [id as u8; 32])
+        farm.register_node(now, &registration, peer, [id as u8; 32], TEST_NODE_CERT)
             .unwrap();
         let load = NodeLoad {
             running: 0,

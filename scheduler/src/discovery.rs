@@ -314,7 +314,11 @@ async fn adopt(
         );
     }
     let control = async {
-        let end = node_control(&shared, peer, registration, w, r).await;
+        // `dial` asked TLS for a node's certificate, so there is one.
+        let cert = distcc_rs_net::peer_certificate(&conn)
+            .map(|c| c.fingerprint)
+            .unwrap_or(distcc_rs_proto::CertFingerprint([0; 32]));
+        let end = node_control(&shared, peer, cert, registration, w, r).await;
         if matches!(end, Ok(ControlEnd::Refused(_))) {
             // Closing the connection would discard the refusal still in
             // flight; the node closes it itself once it has read it.

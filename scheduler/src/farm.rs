@@ -227,6 +227,9 @@ struct Node {
     jobs_failed: u64,
     connected_since: Instant,
     ticket_key: [u8; 32],
+    /// The certificate the node registered with: clients check that the
+    /// node they reach holds it.
+    cert: CertFingerprint,
     /// The value of `Farm::assignments_made` when this node was last given a
     /// job; 0 if never.
     last_assigned: u64,
@@ -371,6 +374,7 @@ impl Farm {
         registration: &NodeRegistration,
         peer: SocketAddr,
         ticket_key: [u8; 32],
+        cert: CertFingerprint,
     ) -> Result<SocketAddr, RegisterRefusal> {
         if registration.slots == 0 {
             return Err(RegisterRefusal::NoSlots);
@@ -398,6 +402,7 @@ impl Farm {
                 jobs_failed: 0,
                 connected_since: now,
                 ticket_key,
+                cert,
                 last_assigned: 0,
                 speed: 1.0,
                 load: None,
@@ -748,6 +753,7 @@ impl Farm {
             node: node_id,
             node_name: node.name.clone(),
             addr: node.addr,
+            node_cert: node.cert,
             ticket: Ticket {
                 job,
                 node: node_id,

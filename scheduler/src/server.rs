@@ -517,12 +517,15 @@ async fn stream(
     }
     let (what, result) = match request {
         SchedulerRequest::Enroll(request) => ("enrollment", enroll(&shared, request, w).await),
-        SchedulerRequest::RegisterNode(registration) => (
-            "node registration",
-            node_control(&shared, peer, registration, w, r)
-                .await
-                .map(|_| ()),
-        ),
+        SchedulerRequest::RegisterNode(registration) => match cert {
+            Some(cert) => (
+                "node registration",
+                node_control(&shared, peer, cert.fingerprint, registration, w, r)
+                    .await
+                    .map(|_| ()),
+            ),
+            None => ("node registration", Err(RequestError::NoCertificate)),
+        },
         SchedulerRequest::Allocate(request) => match cert {
             Some(cert) => (
                 "allocation",
@@ -576,6 +579,7 @@ pub(crate) enum ControlEnd {
 pub(crate) async fn node_control(
     shared: &Arc<Shared>,
     peer: SocketAddr,
+    cert: CertFingerprint,
     registration: NodeRegistration,
     mut w: FrameWriter,
     mut r: FrameReader,
@@ -592,7 +596,7 @@ pub(crate) async fn node_control(
     } else {
         shared
             .farm()
-            .register_node(Instant::now(), &registration, peer, ticket_key)
+            .register_node(Instant::now(), &registration, peer, ticket_key, cert)
     };
     let addr = match registered {
         Ok(addr) => addr,

@@ -15,6 +15,9 @@ use super::*;
 /// The certificate every test request comes with.
 const TEST_CLIENT: CertFingerprint = CertFingerprint([0xc1; 32]);
 
+/// The certificate every test node registers with.
+const TEST_NODE_CERT: CertFingerprint = CertFingerprint([0xd1; 32]);
+
 const TC: ToolchainId = ToolchainId(Digest([7; 32]));
 const OTHER_TC: ToolchainId = ToolchainId(Digest([8; 32]));
 const DONE: JobOutcome = JobOutcome::Compiled { exit_code: 0 };
@@ -82,8 +85,14 @@ fn farm_with_config(config: FarmConfig, now: Instant, nodes: &[(u64, u32)]) -> F
     let mut farm = Farm::new(config);
     farm.toolchain_stored(TC, 1000);
     for &(id, slots) in nodes {
-        farm.register_node(now, &registration(id, slots, vec![]), peer(), key(id))
-            .unwrap();
+        farm.register_node(
+            now,
+            &registration(id, slots, vec![]),
+            peer(),
+            key(id),
+            TEST_NODE_CERT,
+        )
+        .unwrap();
     }
     farm
 }
@@ -253,8 +262,14 @@ fn job_ids_start_after_the_configured_base() {
         first_job: 7 << 32,
         ..FarmConfig::default()
     });
-    farm.register_node(now, &registration(1, 2, vec![]), peer(), [1; 32])
-        .unwrap();
+    farm.register_node(
+        now,
+        &registration(1, 2, vec![]),
+        peer(),
+        [1; 32],
+        TEST_NODE_CERT,
+    )
+    .unwrap();
     farm.toolchain_stored(TC, 1);
     let a = assigned(farm.allocate(now, &request(), TEST_CLIENT));
     assert_eq!(a.job, JobId((7 << 32) + 1));
@@ -426,16 +441,34 @@ fn registration_rules() {
     let now = Instant::now();
     let mut farm = Farm::default();
     assert_eq!(
-        farm.register_node(now, &registration(1, 4, vec![]), peer(), key(1)),
+        farm.register_node(
+            now,
+            &registration(1, 4, vec![]),
+            peer(),
+            key(1),
+            TEST_NODE_CERT
+        ),
         Ok("10.0.0.9:7701".parse().unwrap()),
         "the job port pairs with the address the node came from"
     );
     assert_eq!(
-        farm.register_node(now, &registration(1, 8, vec![]), peer(), key(9)),
+        farm.register_node(
+            now,
+            &registration(1, 8, vec![]),
+            peer(),
+            key(9),
+            TEST_NODE_CERT
+        ),
         Err(RegisterRefusal::DuplicateNode(NodeId(1)))
     );
     assert_eq!(
-        farm.register_node(now, &registration(2, 0, vec![]), peer(), key(2)),
+        farm.register_node(
+            now,
+            &registration(2, 0, vec![]),
+            peer(),
+            key(2),
+            TEST_NODE_CERT
+        ),
         Err(RegisterRefusal::NoSlots)
     );
     let advertised: SocketAddr = "192.168.1.5:9000".parse().unwrap();
@@ -444,7 +477,7 @@ fn registration_rules() {
         ..registration(3, 2, vec![TC])
     };
     assert_eq!(
-        farm.register_node(now, &reg, peer(), key(3)),
+        farm.register_node(now, &reg, peer(), key(3), TEST_NODE_CERT),
         Ok(advertised)
     );
 
@@ -468,8 +501,14 @@ fn registration_rules() {
     // Once the first node has left, its id may register again.
     assert!(farm.remove_node(later, NodeId(1)).is_some());
     assert!(
-        farm.register_node(later, &registration(1, 8, vec![]), peer(), key(9))
-            .is_ok()
+        farm.register_node(
+            later,
+            &registration(1, 8, vec![]),
+            peer(),
+            key(9),
+            TEST_NODE_CERT
+        )
+        .is_ok()
     );
 }
 
@@ -520,6 +559,7 @@ fn ticket_mac_verifies_only_with_the_nodes_key() {
     assert_eq!(a.ticket.node, a.node);
     assert_eq!(a.ticket.toolchain, TC);
     assert_eq!(a.ticket.client, TEST_CLIENT);
+    assert_eq!(a.node_cert, TEST_NODE_CERT);
 
     let mac_under = |k: [u8; 32], t: &Ticket| {
         *blake3::keyed_hash(
@@ -886,8 +926,14 @@ fn equal_builds_are_served_in_arrival_order() {
     let (x1, _) = queued(farm.allocate(t0, &request_in("x"), TEST_CLIENT));
     // A node joins with two slots. Both builds hold one job and y's waiter
     // came first, so it goes first; then x holds fewer.
-    farm.register_node(t0, &registration(2, 2, vec![]), peer(), key(2))
-        .unwrap();
+    farm.register_node(
+        t0,
+        &registration(2, 2, vec![]),
+        peer(),
+        key(2),
+        TEST_NODE_CERT,
+    )
+    .unwrap();
     let order: Vec<WaiterId> = farm.dispatch(t0).iter().map(|r| r.waiter).collect();
     assert_eq!(order, [y1, x1]);
     check_invariants(&farm);
@@ -969,7 +1015,8 @@ fn status_reports_load_speed_waiting_and_the_farm_name() {
         farm: "lab".into(),
         ..registration(1, 1, vec![TC])
     };
-    farm.register_node(now, &reg, peer(), key(1)).unwrap();
+    farm.register_node(now, &reg, peer(), key(1), TEST_NODE_CERT)
+        .unwrap();
     let load = report(16, 250, 400);
     assert!(farm.node_load(NodeId(1), load, now));
     assigned(farm.allocate(now, &request(), TEST_CLIENT));
@@ -1023,8 +1070,14 @@ fn speed_is_learned_from_successful_compiles_on_warm_nodes() {
     let now = Instant::now();
     let mut farm = farm_with(now, &[]);
     for (id, tcs) in [(1, vec![TC]), (2, vec![TC]), (3, vec![])] {
-        farm.register_node(now, &registration(id, 4, tcs), peer(), key(id))
-            .unwrap();
+        farm.register_node(
+            now,
+            &registration(id, 4, tcs),
+            peer(),
+            key(id),
+            TEST_NODE_CERT,
+        )
+        .unwrap();
     }
     // The first compile of a crate only sets its reference time.
     run_on(&mut farm, 1, "serde", DONE, 1000);
@@ -1075,8 +1128,14 @@ fn speed_is_learned_from_successful_compiles_on_warm_nodes() {
 fn crate_references_are_bounded() {
     let now = Instant::now();
     let mut farm = farm_with(now, &[]);
-    farm.register_node(now, &registration(1, 1, vec![TC]), peer(), key(1))
-        .unwrap();
+    farm.register_node(
+        now,
+        &registration(1, 1, vec![TC]),
+        peer(),
+        key(1),
+        TEST_NODE_CERT,
+    )
+    .unwrap();
     let extra = 10;
     for i in 0..MAX_REFERENCES + extra {
         run_on(&mut farm, 1, &format!("crate{i}"), DONE, 100);
@@ -1125,8 +1184,14 @@ fn random_operations_never_overcommit_a_node() {
     for id in 1..=20 {
         let slots = 1 + rng.below(8) as u32;
         let tcs = if rng.below(2) == 0 { vec![TC] } else { vec![] };
-        farm.register_node(now, &registration(id, slots, tcs), peer(), key(id))
-            .unwrap();
+        farm.register_node(
+            now,
+            &registration(id, slots, tcs),
+            peer(),
+            key(id),
+            TEST_NODE_CERT,
+        )
+        .unwrap();
     }
     let mut in_flight: Vec<Assignment> = Vec::new();
     let mut deadlines: BTreeMap<WaiterId, Instant> = BTreeMap::new();
@@ -1281,8 +1346,14 @@ impl Sim {
         let mut true_speed = BTreeMap::new();
         for (i, &(slots, speed)) in nodes.iter().enumerate() {
             let id = i as u64 + 1;
-            farm.register_node(now, &registration(id, slots, vec![TC]), peer(), key(id))
-                .unwrap();
+            farm.register_node(
+                now,
+                &registration(id, slots, vec![TC]),
+                peer(),
+                key(id),
+                TEST_NODE_CERT,
+            )
+            .unwrap();
             true_speed.insert(NodeId(id), speed);
         }
         // Compile times between 0.5 and 8 s, as for most crates of a
