@@ -233,6 +233,9 @@ pub struct AllocateRequest {
 }
 
 /// The scheduler's answer to an [`AllocateRequest`].
+// Decoded once per allocation and matched at once: boxing the assignment
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AllocateResponse {
     /// Run the job on this node, presenting this ticket.
