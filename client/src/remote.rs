@@ -95,16 +95,8 @@ pub enum FarmError {
     /// than the one the node registered with: the address leads elsewhere
     /// (a stale address, or traffic redirected on the LAN). Nothing was
     /// sent to it.
-    #[error(
-        "the peer at {addr} is not node {node}: its certificate {found} is not the one the node \
-         registered with ({expected})"
-    )]
-    WrongNode {
-        node: String,
-        addr: SocketAddr,
-        found: String,
-        expected: String,
-    },
+    #[error("{detail}")]
+    WrongNode { node: String, detail: String },
 }
 
 impl FarmError {
@@ -833,12 +825,14 @@ async fn run_job(
     let found = distcc_rs_net::peer_certificate(&conn).map(|c| c.fingerprint);
     if found != Some(assignment.node_cert) {
         conn.close(0u32.into(), b"not the assigned node");
-        return Err(FarmError::WrongNode {
-            node,
-            addr: assignment.addr,
-            found: found.map_or_else(|| "none".to_owned(), |f| f.short()),
-            expected: assignment.node_cert.short(),
-        });
+        let detail = format!(
+            "the peer at {} is not node {node}: its certificate {} is not the one the node \
+             registered with ({})",
+            assignment.addr,
+            found.map_or_else(|| "none".to_owned(), |f| f.short()),
+            assignment.node_cert.short()
+        );
+        return Err(FarmError::WrongNode { node, detail });
     }
     // A node that refuses our certificate says so by closing the
     // connection, which a failed stream shows only as a lost connection.
@@ -1066,9 +1060,7 @@ mod tests {
             },
             FarmError::WrongNode {
                 node: node(),
-                addr: "127.0.0.1:1".parse().unwrap(),
-                found: "aaaa".into(),
-                expected: "bbbb".into(),
+                detail: "the peer is not the node".into(),
             },
             job(JobError::BadTicket("stale key".into())),
             job(JobError::Busy),
