@@ -332,32 +332,38 @@ impl Enrollment<'_> {
 /// Takes the enrollment lock of `dir`, waiting for it on a blocking thread.
 async fn lock(dir: &Path) -> Result<nix::fcntl::Flock<File>, CredentialsError> {
     let path = dir.join(LOCK_FILE);
+    let waited = path.clone();
+    tokio::task::spawn_blocking(move || lock_file(&path))
+        .await
+        .map_err(|e| CredentialsError::Io {
+            action: "lock",
+            path: waited,
+            source: std::io::Error::other(e),
+        })?
+}
+
+/// Takes an exclusive lock on the file at `path` (created with mode 0600
+/// if missing), waiting for it: the lock that serialises changes to a
+/// directory of credentials or of the farm CA. Released when dropped.
+pub fn lock_file(path: &Path) -> Result<nix::fcntl::Flock<File>, CredentialsError> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .map_err(|source| CredentialsError::Io {
             action: "open",
-            path: path.clone(),
+            path: path.to_owned(),
             source,
         })?;
-    tokio::task::spawn_blocking(move || {
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
-            CredentialsError::Io {
-                action: "lock",
-                path,
-                source: errno.into(),
-            }
-        })
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
+        CredentialsError::Io {
+            action: "lock",
+            path: path.to_owned(),
+            source: errno.into(),
+        }
     })
-    .await
-    .map_err(|e| CredentialsError::Io {
-        action: "lock",
-        path: dir.join(LOCK_FILE),
-        source: std::io::Error::other(e),
-    })?
 }
 
 #[cfg(test)]

@@ -18,20 +18,21 @@
 //! effect without a restart.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use distcc_rs_net::credentials::{Credentials, CredentialsError, create_private_dir, write_atomic};
+use distcc_rs_net::credentials::{
+    Credentials, CredentialsError, create_private_dir, lock_file, write_atomic,
+};
 use distcc_rs_net::pki::{self, FarmCa, PkiError};
 use distcc_rs_net::tls::{FarmTrust, Identity, PeerAuth, Revocations};
 use distcc_rs_proto::auth::{
     EnrollRefusal, EnrollRequest, EnrollResponse, TOKEN_SECRET_LEN, validate_member_name,
 };
 use distcc_rs_proto::{CertFingerprint, JoinToken, PeerRole};
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 
 const CA_KEY: &str = "ca.key";
@@ -461,23 +462,7 @@ fn read_text(path: &Path) -> Result<String, AuthorityError> {
 }
 
 fn lock(dir: &Path) -> Result<Flock<File>, AuthorityError> {
-    let path = dir.join(LOCK);
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|source| AuthorityError::Io {
-            action: "open",
-            path: path.clone(),
-            source,
-        })?;
-    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| AuthorityError::Io {
-        action: "lock",
-        path,
-        source: errno.into(),
-    })
+    Ok(lock_file(&dir.join(LOCK))?)
 }
 
 #[cfg(test)]
