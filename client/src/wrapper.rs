@@ -52,35 +52,32 @@ pub fn run(config: &ClientConfig, rustc: &Path, args: Vec<OsString>) -> i32 {
         }
     };
 
+    // Every way off the farm before a node is tried: note why, then become
+    // rustc.
+    let run_locally = |name: Option<String>, types: Vec<String>, reason: String| {
+        record(
+            name,
+            types,
+            Placement::Local,
+            None,
+            Some(reason),
+            None,
+            Traffic::default(),
+        );
+        exec_local(config, rustc, &args)
+    };
+
     let expanded = match argv::expand_argfiles(args.clone()) {
         Ok(a) => a,
         Err(e) => {
-            record(
-                None,
-                vec![],
-                Placement::Local,
-                None,
-                Some(e.to_string()),
-                None,
-                Traffic::default(),
-            );
-            return exec_local(config, rustc, &args);
+            return run_locally(None, vec![], e.to_string());
         }
     };
     let job = match argv::classify(&expanded) {
         Classification::Local(reason) => {
             let name = flag_values(&expanded, "--crate-name").into_iter().next();
             let types = flag_values(&expanded, "--crate-type");
-            record(
-                name,
-                types,
-                Placement::Local,
-                None,
-                Some(reason.to_string()),
-                None,
-                Traffic::default(),
-            );
-            return exec_local(config, rustc, &args);
+            return run_locally(name, types, reason.to_string());
         }
         Classification::Distribute(job) => job,
     };
@@ -104,16 +101,7 @@ pub fn run(config: &ClientConfig, rustc: &Path, args: Vec<OsString>) -> i32 {
     let (membership, saved) = match membership {
         Ok(m) => m,
         Err(reason) => {
-            record(
-                name,
-                types,
-                Placement::Local,
-                None,
-                Some(reason),
-                None,
-                Traffic::default(),
-            );
-            return exec_local(config, rustc, &args);
+            return run_locally(name, types, reason);
         }
     };
     let scheduler = resolve_scheduler(config);
@@ -126,16 +114,7 @@ pub fn run(config: &ClientConfig, rustc: &Path, args: Vec<OsString>) -> i32 {
     let scheduler = match scheduler {
         Ok(s) => s,
         Err(reason) => {
-            record(
-                name,
-                types,
-                Placement::Local,
-                None,
-                Some(reason),
-                None,
-                Traffic::default(),
-            );
-            return exec_local(config, rustc, &args);
+            return run_locally(name, types, reason);
         }
     };
     let credentials = match saved {
@@ -146,16 +125,7 @@ pub fn run(config: &ClientConfig, rustc: &Path, args: Vec<OsString>) -> i32 {
             Ok(credentials) => credentials,
             Err(reason) => {
                 warn!(cause = %reason, "cannot enroll in the farm; compiling locally");
-                record(
-                    name,
-                    types,
-                    Placement::Local,
-                    None,
-                    Some(reason),
-                    None,
-                    Traffic::default(),
-                );
-                return exec_local(config, rustc, &args);
+                return run_locally(name, types, reason);
             }
         },
     };

@@ -894,12 +894,17 @@ fn a_revoked_certificate_compiles_locally_and_says_so() {
     let out = project.wrapper(&farm);
 
     assert_as_plain_rustc(&project, &reference, &out);
+    assert_not_admitted(&project, &farm, "our certificate has been revoked");
+}
+
+/// The job fell back to a local compile because the scheduler would not
+/// have us, for the reason `why` names, and nothing was allocated.
+fn assert_not_admitted(project: &Project, farm: &Farm, why: &str) {
     let event = project.event();
     assert_eq!(event["where"], "fallback", "{event}");
     let reason = event["reason"].as_str().unwrap();
     assert!(
-        reason.starts_with("the farm does not admit us")
-            && reason.contains("our certificate has been revoked"),
+        reason.starts_with("the farm does not admit us") && reason.contains(why),
         "{event}"
     );
     assert!(farm.seen.lock().unwrap().allocations.is_empty());
@@ -927,15 +932,7 @@ fn a_certificate_of_another_farm_compiles_locally_and_says_so() {
     let out = project.wrapper_with(farm.scheduler, foreign.path(), &[]);
 
     assert_as_plain_rustc(&project, &reference, &out);
-    let event = project.event();
-    assert_eq!(event["where"], "fallback", "{event}");
-    let reason = event["reason"].as_str().unwrap();
-    assert!(
-        reason.starts_with("the farm does not admit us")
-            && reason.contains("is not a trusted member of this farm"),
-        "{event}"
-    );
-    assert!(farm.seen.lock().unwrap().allocations.is_empty());
+    assert_not_admitted(&project, &farm, "is not a trusted member of this farm");
 }
 
 /// A node that sends more output bytes than the client accepts for one job

@@ -515,50 +515,39 @@ async fn stream(
         conn.close(close::NOT_PERMITTED.into(), denied.to_string().as_bytes());
         return;
     }
-    let (what, result) = match request {
-        SchedulerRequest::Enroll(request) => ("enrollment", enroll(&shared, request, w).await),
-        SchedulerRequest::RegisterNode(registration) => match cert {
-            Some(cert) => (
-                "node registration",
-                node_control(&shared, peer, cert.fingerprint, registration, w, r)
-                    .await
-                    .map(|_| ()),
-            ),
-            None => ("node registration", Err(RequestError::NoCertificate)),
+    let what = request_name(&request);
+    // `authorize` let through only requests whose role has a certificate;
+    // the fingerprint is what registrations, tickets and releases bind to.
+    let fingerprint = cert
+        .map(|c| c.fingerprint)
+        .ok_or(RequestError::NoCertificate);
+    let result = match request {
+        SchedulerRequest::Enroll(request) => enroll(&shared, request, w).await,
+        SchedulerRequest::RegisterNode(registration) => match fingerprint {
+            Ok(cert) => node_control(&shared, peer, cert, registration, w, r)
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
         },
-        SchedulerRequest::Allocate(request) => match cert {
-            Some(cert) => (
-                "allocation",
-                allocate(&shared, &conn, request, cert.fingerprint, w).await,
-            ),
-            None => ("allocation", Err(RequestError::NoCertificate)),
+        SchedulerRequest::Allocate(request) => match fingerprint {
+            Ok(cert) => allocate(&shared, &conn, request, cert, w).await,
+            Err(e) => Err(e),
         },
         SchedulerRequest::UploadToolchain {
             id,
             compressed_size,
-        } => (
-            "toolchain upload",
-            upload(&shared, id, compressed_size, w, r).await,
-        ),
-        SchedulerRequest::FetchToolchain(id) => ("toolchain fetch", fetch(&shared, id, w).await),
-        SchedulerRequest::Status => ("status request", status(&shared, w).await),
-        SchedulerRequest::ListToolchains => (
-            "toolchain listing",
-            toolchains::list(shared.clone(), w).await,
-        ),
-        SchedulerRequest::RemoveToolchain { id, force } => (
-            "toolchain removal",
-            toolchains::remove(shared.clone(), id, force, w).await,
-        ),
-        SchedulerRequest::Release { job } => {
-            // `authorize` let only clients through, and clients have
-            // certificates.
-            let released = cert.is_some_and(|c| shared.farm().release_by(job, c.fingerprint));
-            if released {
+        } => upload(&shared, id, compressed_size, w, r).await,
+        SchedulerRequest::FetchToolchain(id) => fetch(&shared, id, w).await,
+        SchedulerRequest::Status => status(&shared, w).await,
+        SchedulerRequest::ListToolchains => toolchains::list(shared.clone(), w).await,
+        SchedulerRequest::RemoveToolchain { id, force } => {
+            toolchains::remove(shared.clone(), id, force, w).await
+        }
+        SchedulerRequest::Release { job } => fingerprint.map(|cert| {
+            if shared.farm().release_by(job, cert) {
                 debug!(job_id = %job, "assignment released by its client");
             }
-            ("release", Ok(()))
-        }
+        }),
     };
     if let Err(e) = result {
         warn!(cause = %e, "{what} failed");

@@ -86,11 +86,7 @@ pub fn join_token(scheduler: SocketAddr) -> String {
 /// Like [`join_token`], but `None` for an address no scheduler of this run
 /// listens on (a test of a farm that is down).
 fn known_token(scheduler: SocketAddr) -> Option<String> {
-    farms()
-        .iter()
-        .rev()
-        .find(|f| f.addr == scheduler)
-        .map(|f| f.token.clone())
+    find_farm(scheduler).map(|f| f.token)
 }
 
 /// A `distcc-rs` command (for `status`, `monitor`, `stats`) run as a
@@ -102,12 +98,12 @@ pub fn client_command(scheduler: SocketAddr) -> Command {
 }
 
 fn farm_record(scheduler: SocketAddr) -> FarmRecord {
-    farms()
-        .iter()
-        .rev()
-        .find(|f| f.addr == scheduler)
-        .cloned()
+    find_farm(scheduler)
         .unwrap_or_else(|| panic!("no scheduler was started on {scheduler} by this test run"))
+}
+
+fn find_farm(scheduler: SocketAddr) -> Option<FarmRecord> {
+    farms().iter().rev().find(|f| f.addr == scheduler).cloned()
 }
 
 /// The most recently started scheduler of the farm named `farm`.
